@@ -1,0 +1,102 @@
+"""DNA supernet: for every block, cell, layer and op its own module and weights.
+
+Block ``i`` is distilled against teacher stage ``teacher_stage`` (Li et al., CVPR 2020): it reads the
+teacher's previous stage feature (the image for block 0, which runs the student stem first) and its last
+layer writes the teacher stage's channels. ``forward_block(i, x, candidate)`` runs one path.
+
+Module names (``blocks[i].cells[c].layers[l].ops[k]`` = a timm ``InvertedResidual``; ``blocks[0].stem``
+with ``conv_stem``, ``bn1``, ``ds``) map onto the timm child network; see ``dna_fast.models.inherit_weights``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .nn import ChoiceBlock, StudentStem, resolve_layers
+from .space import Candidate, SearchSpace
+
+__all__ = ["Supernet"]
+
+
+class Supernet(nn.Module):
+    """All blocks of a search space, each with every op of every layer of every cell.
+
+    Args:
+        space: a ``SearchSpace`` or the name / path of one.
+        in_chans: image channels (block 0's stem input).
+        norm_layer: norm class for every op (default BatchNorm2d).
+        drop_path_rate: stochastic depth of every op's residual branch.
+
+    Attributes:
+        space: the search space.
+        blocks: ``nn.ModuleList`` of ``ChoiceBlock``; ``blocks[0].stem`` is the student stem.
+    """
+
+    def __init__(self, space: SearchSpace | str, in_chans: int = 3, norm_layer: type[nn.Module] | None = None,
+                 drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.space = SearchSpace.load(space)
+        act_layer, norm_layer = resolve_layers(self.space.act, norm_layer)
+        kw = dict(act_layer=act_layer, norm_layer=norm_layer, drop_path_rate=drop_path_rate)
+        blocks = []
+        for b in self.space.blocks:
+            stem = StudentStem(self.space.stem, in_chans, act_layer, norm_layer) if b.index == 0 else None
+            blocks.append(ChoiceBlock(b, stem, **kw))
+        self.blocks = nn.ModuleList(blocks)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def forward_block(self, i: int, x: torch.Tensor, candidate: Candidate | str) -> torch.Tensor:
+        """Run one path of block i (block 0 runs the stem first) on its distillation input."""
+        if isinstance(candidate, str):
+            candidate = self.space.parse(i, candidate)
+        return self.blocks[i](x, candidate)
+
+    def forward(self, x: torch.Tensor, choices: Sequence[Candidate]) -> list[torch.Tensor]:
+        """Chain all blocks on an image (each block's output has the next block's input channels).
+
+        Returns:
+            The output of every block (shapes of ``space.block_io_shapes``' targets).
+        """
+        if len(choices) != len(self.blocks):
+            raise ValueError(f"{len(choices)} choices given for {len(self.blocks)} blocks")
+        outs = []
+        for i, c in enumerate(choices):
+            x = self.forward_block(i, x, c)
+            outs.append(x)
+        return outs
+
+    def path_modules(self, i: int, candidate: Candidate) -> list[nn.Module]:
+        """The op modules candidate runs in block i (without the stem)."""
+        return self.blocks[i].path(candidate)
+
+    def op(self, i: int, cell: int, layer: int, k: int) -> nn.Module:
+        """The module of op k of a layer."""
+        return self.blocks[i].cells[cell].layers[layer].ops[k]
+
+    def block_parameters(self, i: int) -> list[nn.Parameter]:
+        """Parameters of block i (with the stem for block 0), e.g. for one optimizer per block."""
+        return list(self.blocks[i].parameters())
+
+    def sample(self, i: int, generator: random.Random | None = None) -> Candidate:
+        """A uniformly random candidate of block i (uniform over all candidates of all cells)."""
+        rng = generator or random
+        b = self.space.blocks[i]
+        n = self.space.num_candidates(i)
+        r = rng.randrange(n)
+        for c, cell in enumerate(b.cells):
+            size = len(b.ops) ** cell.depth
+            if r < size:
+                ops = []
+                for _ in range(cell.depth):
+                    r, o = divmod(r, len(b.ops))
+                    ops.append(o)
+                return self.space.candidate(i, c, ops[::-1])
+            r -= size
+        raise AssertionError("unreachable")
