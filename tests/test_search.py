@@ -1,0 +1,206 @@
+"""Exact search against plain enumeration on many small random instances."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dna_fast.search import (
+    Architecture,
+    format_cost,
+    pareto_front,
+    pareto_front_reference,
+    parse_budget,
+    search,
+    search_reference,
+    synthetic_tables,
+)
+
+search_mod = importlib.import_module("dna_fast.search")  # the module (dna_fast.search is also the function)
+
+
+def _random_tables(rng, n_blocks, *, ties=False, widths=False, latency=False):
+    tables = []
+    for i in range(n_blocks):
+        n = int(rng.integers(1, 7))
+        hi = 4 if ties else 100
+        cols = {
+            "loss": rng.integers(0, hi, n) / 8.0 if ties else rng.random(n),
+            "macs": rng.integers(0, hi, n),
+            "params": rng.integers(0, hi, n),
+        }
+        if latency:
+            cols["latency_ms"] = rng.integers(0, hi, n) / 4.0
+        df = pd.DataFrame(cols, index=[f"b{i}c{j}" for j in range(n)])
+        if widths:
+            df["in_width"] = rng.integers(0, 2, n) * 8
+            df["out_width"] = rng.integers(0, 2, n) * 8
+        tables.append(df)
+    return tables
+
+
+def _budget(rng, tables, dims, ties):
+    out = {}
+    for d in dims:
+        lo = sum(int(t[d].min()) for t in tables)
+        hi = sum(int(t[d].max()) for t in tables)
+        # mostly in the upper half (several budgets at once are rarely all feasible otherwise), sometimes anywhere
+        out[d] = float(rng.integers(lo - 2, hi + 2) if rng.random() < 0.3 else rng.integers((lo + hi) // 2, hi + 2))
+    return out
+
+
+def _check_same(tables, budget, k, weights=None, base_cost=None):
+    try:
+        ref = search_reference(tables, budget, top_k=k, weights=weights, base_cost=base_cost)
+    except ValueError:
+        with pytest.raises(ValueError, match="smallest achievable|never chain|at once"):
+            search(tables, budget, top_k=k, weights=weights, base_cost=base_cost)
+        return False
+    got = search(tables, budget, top_k=k, weights=weights, base_cost=base_cost)
+    assert [a.loss for a in got] == [a.loss for a in ref]  # exact: both sum in block order
+    assert len({a.choices for a in got}) == len(got)
+    for a in got:
+        assert isinstance(a, Architecture)
+        pos = [t.index.get_loc(c) for t, c in zip(tables, a.choices)]
+        assert list(a.indices) == pos
+        w = weights or [1.0] * len(tables)
+        assert a.loss == pytest.approx(sum(wi * t["loss"].iloc[j] for wi, t, j in zip(w, tables, pos)))
+        for d, b in budget.items():
+            assert a.costs[d] <= b + 1e-9
+        for i in range(len(tables) - 1):
+            if "out_width" in tables[i].columns:
+                assert tables[i]["out_width"].iloc[pos[i]] == tables[i + 1]["in_width"].iloc[pos[i + 1]]
+    return True
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("widths", [False, True])
+@pytest.mark.parametrize("n_dims", [0, 1, 2, 3])
+def test_search_matches_brute_force(ties, widths, n_dims):
+    rng = np.random.default_rng(1000 * ties + 100 * widths + n_dims)
+    dims = ["macs", "params", "latency_ms"][:n_dims]
+    feasible = 0
+    for trial in range(40):
+        tables = _random_tables(rng, int(rng.integers(1, 5)), ties=ties, widths=widths, latency=n_dims == 3)
+        budget = _budget(rng, tables, dims, ties)
+        k = int(rng.integers(1, 6))
+        weights = rng.random(len(tables)).round(3).tolist() if trial % 4 == 0 else None
+        base = {"macs": 3, "params": 1} if trial % 5 == 0 else None
+        feasible += _check_same(tables, budget, k, weights, base)
+    assert feasible >= 8  # the instances are not all infeasible
+
+
+def test_search_without_heuristic_bound(monkeypatch):
+    """A bound that is too tight must be detected and the search redone without it."""
+    monkeypatch.setattr(search_mod, "_upper_bound", lambda *a, **k: -1e9)
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        tables = _random_tables(rng, 3, ties=True, widths=bool(rng.integers(2)))
+        _check_same(tables, _budget(rng, tables, ["macs", "params"], True), int(rng.integers(1, 4)))
+
+
+def test_pareto_front_matches_brute_force():
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        tables = _random_tables(rng, int(rng.integers(1, 5)), ties=trial % 2 == 0, widths=trial % 3 == 0)
+        budget = _budget(rng, tables, ["params"], False) if trial % 4 == 0 else None
+        base = {"macs": 5} if trial % 5 == 0 else None
+        ref = pareto_front_reference(tables, "macs", base_cost=base, budget=budget)
+        got = pareto_front(tables, "macs", base_cost=base, budget=budget)
+        assert [(a.costs["macs"], a.loss) for a in got] == ref
+
+
+def test_top_k_larger_than_count_and_ties():
+    t = pd.DataFrame({"loss": [1.0, 1.0, 1.0], "macs": [1, 1, 1], "params": [0, 0, 0]}, index=list("abc"))
+    got = search([t, t], {"macs": 2}, top_k=20)
+    assert len(got) == 9 and {a.choices for a in got} == {(x, y) for x in "abc" for y in "abc"}
+
+
+def test_infeasible_budget_names_smallest_cost():
+    tables = synthetic_tables(layers=[1, 2], seed=0)
+    smallest = sum(int(t["macs"].min()) for t in tables)
+    with pytest.raises(ValueError, match=f"smallest achievable macs is {format_cost(smallest)}"):
+        search(tables, {"macs": smallest - 1})
+    assert search(tables, {"macs": smallest})[0].costs["macs"] == smallest
+    with pytest.raises(ValueError, match="smallest achievable macs is"):
+        search(tables, {"macs": smallest + 10}, base_cost={"macs": 11})
+
+
+def test_unchainable_widths_raise():
+    a = pd.DataFrame({"loss": [0.1], "macs": [1], "params": [1], "in_width": [3], "out_width": [8]})
+    b = pd.DataFrame({"loss": [0.1], "macs": [1], "params": [1], "in_width": [16], "out_width": [8]})
+    with pytest.raises(ValueError, match="never chain"):
+        search([a, b], {"macs": 10})
+
+
+def test_bad_tables_raise():
+    t = pd.DataFrame({"loss": [0.1], "macs": [1]})
+    with pytest.raises(ValueError, match="'params'"):
+        search([t], {"params": 1})
+    with pytest.raises(ValueError, match="weights"):
+        search([t], {"macs": 1}, weights=[1, 2])
+    with pytest.raises(ValueError, match="top_k"):
+        search([t], {"macs": 1}, top_k=0)
+
+
+def test_medium_instance_against_brute_force():
+    """Realistic shapes (many equal integer costs) on 3 blocks of 36 candidates (46656 combinations)."""
+    tables = synthetic_tables(layers=[2, 2, 2], seed=5, noise=0.05)
+    macs = sum(t["macs"].median() for t in tables)
+    ref = _vectorized_reference(tables, {"macs": macs, "params": sum(t["params"].median() for t in tables)}, 10)
+    got = search(tables, {"macs": macs, "params": sum(t["params"].median() for t in tables)}, top_k=10)
+    np.testing.assert_array_equal([a.loss for a in got], ref)
+
+
+def _vectorized_reference(tables, budget, k):
+    """All combinations through broadcasting (summing in block order, as the search does)."""
+    loss = np.zeros(1)
+    cost = {d: np.zeros(1) for d in budget}
+    for t in tables:
+        loss = (loss[:, None] + t["loss"].to_numpy()[None, :]).ravel()
+        for d in budget:
+            cost[d] = (cost[d][:, None] + t[d].to_numpy(dtype=float)[None, :]).ravel()
+    ok = np.all([cost[d] <= b for d, b in budget.items()], axis=0)
+    return np.sort(loss[ok])[:k]
+
+
+def test_parse_budget():
+    assert parse_budget("macs=400M") == {"macs": 400e6}
+    assert parse_budget("macs=400M, params=5e6") == {"macs": 400e6, "params": 5e6}
+    assert parse_budget("flops=1.5G,latency=12.5") == {"macs": 1.5e9, "latency_ms": 12.5}
+    assert parse_budget("params<=4.2m") == {"params": 4.2e6}
+    assert parse_budget("macs=10k") == {"macs": 1e4}
+    for bad in ["", "macs", "macs=abc", "macs=1X", "macs=1,macs=2"]:
+        with pytest.raises(ValueError):
+            parse_budget(bad)
+
+
+def test_format_cost():
+    assert format_cost(400e6) == "400M"
+    assert format_cost(4.2e6) == "4.2M"
+    assert format_cost(1.5e9) == "1.5G"
+    assert format_cost(12.5) == "12.5"
+    assert format_cost(math.inf) == "inf"
+
+
+def test_architecture_to_dict_is_json():
+    tables = synthetic_tables(layers=[1, 1], seed=0)
+    a = search(tables, {"macs": 1e12})[0]
+    d = json.loads(json.dumps(a.to_dict()))
+    assert d["choices"] == list(a.choices) and d["loss"] == a.loss and set(d["costs"]) == {"macs", "params"}
+
+
+def test_dna_sized_search_is_optimal_under_swaps():
+    """Optimality certificate on a dna-sized instance: no single-block swap is feasible and better."""
+    tables = synthetic_tables(layers=[2, 4, 4, 4, 4, 1], seed=2, noise=0.05)
+    budget = {"macs": sum(float(t["macs"].median()) for t in tables)}
+    best = search(tables, budget)[0]
+    for i, t in enumerate(tables):
+        new_cost = best.costs["macs"] - t["macs"].iloc[best.indices[i]] + t["macs"].to_numpy()
+        new_loss = best.loss - t["loss"].iloc[best.indices[i]] + t["loss"].to_numpy()
+        assert not np.any((new_cost <= budget["macs"]) & (new_loss < best.loss - 1e-12))
