@@ -38,7 +38,9 @@ def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "dali" if dali_available() else "torchvision"
     if backend == "dali" and not dali_available():
-        raise ImportError("data backend 'dali' needs nvidia-dali: pip install nvidia-dali-cuda130, or use 'torchvision'")
+        raise ImportError(
+            "data backend 'dali' needs nvidia-dali: pip install nvidia-dali-cuda130, or use backend 'torchvision'"
+        )
     return backend
 
 

@@ -174,7 +174,9 @@ class DaliLoader(BatchLoader):
                             labels[:take].view(-1).to(self.device, torch.int64, non_blocking=True),
                         )
                     if pos < len(order):
-                        raise DataError(f"DALI ended the epoch after {pos} of {len(order)} samples of {self.source}")
+                        raise DataError(
+                            f"DALI ended the epoch after {pos} of {len(order)} samples of {self.source}"
+                        )
                 except RuntimeError as e:
                     batches.close()
                     bad = self._locate_corrupt(order, pos, e)

@@ -43,8 +43,8 @@ class SyntheticLoader(BatchLoader):
         self.image_size, self.classes = int(image_size), [str(i) for i in range(num_classes)]
 
     def _iter_epoch(self, indices: np.ndarray, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = torch.Generator(device=self.device).manual_seed(int(np.random.default_rng([self.seed, epoch, self.rank])
-                                                                .integers(2**62)))
+        seed = int(np.random.default_rng([self.seed, epoch, self.rank]).integers(2**62))
+        g = torch.Generator(device=self.device).manual_seed(seed)
         s, n = self.image_size, min(self.batch_size, len(indices))
         images = torch.randn(n, 3, s, s, generator=g, device=self.device).to(self.dtype)
         labels = torch.randint(0, self.num_classes, (n,), generator=g, device=self.device)

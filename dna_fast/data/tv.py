@@ -87,7 +87,7 @@ class FolderDataset(Dataset):
             w, h = im.size
             nw, nh = (r, max(1, round(h * r / w))) if w <= h else (max(1, round(w * r / h)), r)
             im = im.resize((nw, nh), Image.BILINEAR)
-            left, top = int(round((nw - s) / 2.0)), int(round((nh - s) / 2.0))
+            left, top = math.floor((nw - s) / 2 + 0.5), math.floor((nh - s) / 2 + 0.5)  # half up, as DALI
             im = im.crop((left, top, left + s, top + s))
         return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
 
