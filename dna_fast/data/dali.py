@@ -182,7 +182,9 @@ class DaliLoader(BatchLoader):
                     bad = self._locate_corrupt(order, pos, e)
                     self._bad.update(bad)
                     skipped.extend(self.images.files[i] for i in bad)
-                    order = np.concatenate([order[:pos], np.asarray([i for i in order[pos:] if i not in bad], dtype=np.int64)])
+                    drop = set(bad)
+                    rest = np.asarray([i for i in order[pos:] if i not in drop], dtype=np.int64)
+                    order = np.concatenate([order[:pos], rest])
                     restarts += 1
         finally:
             self._report_skipped(skipped)
