@@ -1,0 +1,68 @@
+# dna_fast: `make run` and `make test` set everything up on a fresh machine (idempotent; quick on a second call).
+#   make run       .venv + pinned deps + package + extension, then `python -m dna_fast.train` (embedded default)
+#   make test      the same set-up, then the Python tests (GPU tests skip without a GPU) and the C++ tests
+#                  (ASan + UBSan)
+#   make bench     pytest benchmarks --benchmark-only
+#   make bench-gpu build with CUDA and run every GPU benchmark; writes benchmarks/results/<device>-<date>.json
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := $(VENV)/.dna_fast
+CSRC := $(shell find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) 2>/dev/null)
+export MAX_JOBS ?= 2
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+CMAKE_BUILD := build/cmake
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-py test-cpp bench bench-gpu lint clean
+
+setup: $(STAMPS)/package $(STAMPS)/ext
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMPS)/deps: requirements.txt | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@mkdir -p $(STAMPS) && touch $@
+
+# The package in editable mode without compiling (the extension is built in place below, incrementally by ninja).
+$(STAMPS)/package: $(STAMPS)/deps pyproject.toml setup.py
+	DNA_FAST_SKIP_EXT=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+# Rebuilt only when csrc/ or setup.py changed; a compile error fails here, loudly.
+$(STAMPS)/ext: $(STAMPS)/deps setup.py $(CSRC)
+	$(PY) setup.py -q build_ext --inplace
+	@touch $@
+
+run: setup
+	$(PY) -m dna_fast.train
+
+test: test-py test-cpp
+
+test-py: setup
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+# libtorch's CMake config (a CUDA build) needs the toolkit: ask nvcc where it lives; without nvcc, tests only.
+CUDA_ROOT := $(shell nvcc -v --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/.*_HERE_=//p' | head -1 | xargs -r dirname)
+CMAKE_ARGS := -DSANITIZE=ON $(if $(CUDA_ROOT),-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_ROOT),-DBUILD_OPS=OFF)
+
+test-cpp: $(STAMPS)/deps
+	cmake -S . -B $(CMAKE_BUILD) $(CMAKE_ARGS) \
+		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" > /dev/null
+	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS) > /dev/null
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+bench: setup
+	$(PY) -m pytest benchmarks --benchmark-only -q -s $(PYTEST_ARGS)
+
+bench-gpu: setup
+	$(PY) -m benchmarks.gpu.run
+
+lint:
+	$(PY) -m ruff check dna_fast tests benchmarks
+
+clean:
+	rm -rf build $(STAMPS) dna_fast/_C*.so
