@@ -91,7 +91,8 @@ def parse_op(name: str) -> OpSpec:
     """
     m = _OP_RE.match(str(name).strip())
     if m is None:
-        raise ValueError(f"unknown op {name!r}: expected 'ir_k<kernel>_e<expansion>[_se<ratio>]', e.g. 'ir_k3_e6_se0.25'")
+        raise ValueError(f"unknown op {name!r}: expected 'ir_k<kernel>_e<expansion>[_se<ratio>]', "
+                         "e.g. 'ir_k3_e6_se0.25'")
     op = OpSpec(int(m["k"]), float(m["e"]), float(m["se"]) if m["se"] else 0.0)
     if op.kernel % 2 == 0 or op.kernel < 1:
         raise ValueError(f"op {name!r}: depthwise kernel must be odd and positive")
@@ -406,8 +407,8 @@ class SearchSpace:
             in_chs = 3 if i == 0 else chs[prev_stage]
             out_chs = chs[ts]
             if "in_chs" in b and b["in_chs"] != in_chs:
-                raise _err(w, f"in_chs {b['in_chs']!r} does not chain: the input is "
-                           + ("the image (3 channels)" if i == 0 else f"teacher stage {prev_stage} ({in_chs} channels)"))
+                src = "the image (3 channels)" if i == 0 else f"teacher stage {prev_stage} ({in_chs} channels)"
+                raise _err(w, f"in_chs {b['in_chs']!r} does not chain: the input is {src}")
             if "out_chs" in b and b["out_chs"] != out_chs:
                 raise _err(w, f"out_chs {b['out_chs']!r} does not match teacher stage {ts} ({out_chs} channels)")
             cells_raw = b["cells"]
@@ -605,7 +606,8 @@ class SearchSpace:
     def __repr__(self) -> str:
         blocks = ", ".join(f"[{'/'.join(c.label for c in b.cells)} s{b.stride} {b.in_chs}->{b.out_chs}]"
                            for b in self.blocks)
-        return f"SearchSpace({self.name!r}, stem={self.stem.chs}->{self.stem.ds_chs}, blocks={blocks}, head={self.head_chs})"
+        stem = f"{self.stem.chs}->{self.stem.ds_chs}"
+        return f"SearchSpace({self.name!r}, stem={stem}, blocks={blocks}, head={self.head_chs})"
 
 
 def builtin_spaces() -> list[str]:

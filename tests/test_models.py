@@ -8,7 +8,7 @@ import torch
 from timm.models._efficientnet_builder import decode_arch_def
 from timm.models.efficientnet import EfficientNet
 
-from dna_fast import cost
+from dna_fast import cost, models
 from dna_fast.models import (
     DNA_ARCH_DEFS, DNA_PAPER, arch_def, build, choices_from_arch_def, dna_choices, inherit_weights,
 )
@@ -137,21 +137,24 @@ def test_timm_registration():
     assert m.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
 
 
+def _layers(arch):
+    """Decoded timm layer args, one dict per layer (timm's builder uses the stride of a stage's first layer only)."""
+    out = []
+    for stage in decode_arch_def(arch):
+        for j, la in enumerate(stage):
+            la = {k: v for k, v in la.items() if k != "se_layer"}
+            la["stride"] = la["stride"] if j == 0 else 1
+            out.append(la)
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(DNA_ARCH_DEFS))
 def test_dna_models_match_paper(name):
     s = SearchSpace.load("dna_cells")
     choices = dna_choices(name)  # dna_cells contains all four
     # the space's arch_def for these choices is the published one, layer for layer
-    flat = lambda a: [sorted((k, v) for k, v in la.items() if k != "se_layer") for st in decode_arch_def(a) for la in st]  # noqa: E501
-    ours = arch_def(s, choices)
-    ours[1:] = [[b.replace("_s2_", "_s1_") if j else b for j, b in enumerate(st)] for st in ours[1:]]
-    pub = [[b for b in st] for st in DNA_ARCH_DEFS[name]]
-    assert len(flat(ours)) == len(flat(pub))
-    for la, lb in zip(flat(ours), flat(pub)):
-        da, db = dict(la), dict(lb)
-        da.pop("stride"), db.pop("stride")
-        assert da == db
-    model = getattr(__import__("dna_fast.models", fromlist=[name]), name)()
+    assert _layers(arch_def(s, choices)) == _layers(DNA_ARCH_DEFS[name])
+    model = getattr(models, name)()
     measured = cost.measure(model, 224)
     assert measured == cost.network_cost(s, choices, 224, 1000)
     paper = DNA_PAPER[name]
