@@ -366,7 +366,7 @@ def _heuristic(blocks, n_ids, budget, base) -> tuple[list[int] | None, list[np.n
             hi, best = mid, p
         else:
             lo = mid
-        if hi - lo <= 1e-9 * hi:
+        if hi - lo <= 1e-4 * hi:  # the multiplier only needs to be close: the bounds are valid for any
             break
     lams = [lo * loss_scale * scale, hi * loss_scale * scale]
     return _local_search(blocks, best, budget - base), lams
@@ -586,20 +586,21 @@ def search(
             raise ValueError("no architecture meets all budgets at once: " + _min_cost_message(dims, bvec, blocks,
                                                                                                  n_ids, base))
         blocks = cut
-    # 2. a good feasible answer (Lagrangian + swaps) bounds the loss; candidates whose best completion cannot beat
-    #    the k-th known loss go, then dominated candidates, then the DP prunes partial sums with the same bounds
+    # 2. dominated candidates go (per width group, keeping the first top_k layers)
+    blocks = [_subset(b, _layers(b.cost, b.loss, groups(b), top_k)) for b in blocks]
+    # 3. a good feasible answer (Lagrangian + swaps) bounds the loss: candidates whose best completion cannot beat
+    #    the k-th known loss go, and the DP prunes partial sums with the same bounds
     res, used = None, blocks
     if dims:
         picks, lams = _heuristic(blocks, n_ids, bvec, base)
         ub = _upper_bound(blocks, picks, cap, top_k)
         if math.isfinite(ub):
             used = _bound_cut(blocks, n_ids, cap, ub, [np.zeros(len(dims))] + lams)
-            used = [_subset(b, _layers(b.cost, b.loss, groups(b), top_k)) for b in used]
             res = _run_dp(used, n_ids, bvec, base, top_k, ub, lams)
             if res is not None and int(((res[0].cost <= cap).all(1) & (res[0].loss <= ub)).sum()) < top_k:
                 res = None  # the bound was too tight (not expected): redo without it
     if res is None:
-        used = [_subset(b, _layers(b.cost, b.loss, groups(b), top_k)) for b in blocks]
+        used = blocks
         res = _run_dp(used, n_ids, bvec, base, top_k, math.inf, [])
     blocks = used
     if res is None:
