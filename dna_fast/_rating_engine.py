@@ -1,0 +1,424 @@
+"""Trie engine of ``dna_fast.rating.rate_block``: every candidate of a block, each unique prefix computed once.
+
+The candidates of one cell form a trie (layer 0 at the root, the last layer at the leaves). A depth-first walk
+keeps one activation per level: a node's input is computed once and feeds all its children. The K sibling ops of a
+node run together: their 1x1 expansions (BN folded into the weights) as one matmul per depthwise kernel size, the
+depthwise convs of one kernel size as one grouped conv, the SE as one block-diagonal matmul pair; the last layer's
+projection is reduced straight to the squared error without keeping its output.
+
+Activations are channels_last (a [N*H*W, C] matrix for the 1x1 convs, the same memory as NHWC for the depthwise
+conv). Cells have their own weights, so each cell is its own trie.
+
+BN recalibration (``calib``): a node's recalibrated statistics depend only on its prefix. For each calibration
+batch, a walk in train mode (every BN normalizes with that batch's statistics) adds the batch mean and unbiased
+variance of every BN of every node; their average is what ``momentum=None`` running statistics hold after the same
+batches. The evaluation walk then folds each node's statistics into its weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .rating import recalibrate_bn
+
+__all__ = ["rate_block_sse"]
+
+
+@dataclass
+class _Group:
+    """Sibling ops of one layer with the same depthwise kernel size (their channels concatenated in op order)."""
+
+    ops: list[int]  # op indices
+    mids: list[int]
+    offs: list[int]  # channel offset of each op inside the group
+    kernel: int
+    stride: int
+    pad: int
+    w_pw: Tensor  # [cin, mid_g] (transposed 1x1 expansion)
+    g1: Tensor
+    b1: Tensor
+    eps1: Tensor
+    w_dw: Tensor  # [mid_g, 1, k, k]
+    g2: Tensor
+    b2: Tensor
+    eps2: Tensor
+    wr: Tensor  # [mid_g, rd_g] block-diagonal SE reduce (transposed)
+    br: Tensor
+    we: Tensor  # [rd_g, mid_g] block-diagonal SE expand (transposed)
+    be: Tensor
+    w_pwl: list[Tensor] = field(default_factory=list)  # per op [mid_k, out]
+    g3: list[Tensor] = field(default_factory=list)
+    b3: list[Tensor] = field(default_factory=list)
+    eps3: list[float] = field(default_factory=list)
+    # stored running statistics (used without calib)
+    rm1: Tensor | None = None
+    rv1: Tensor | None = None
+    rm2: Tensor | None = None
+    rv2: Tensor | None = None
+    rm3: list[Tensor] = field(default_factory=list)
+    rv3: list[Tensor] = field(default_factory=list)
+    has_se: bool = True
+
+
+@dataclass
+class _Layer:
+    groups: list[_Group]
+    has_skip: bool
+    order: Tensor  # op index of each sibling in walk order (group-major)
+
+
+def _bn(bn: nn.Module) -> tuple[Tensor, Tensor, float, Tensor, Tensor]:
+    return bn.weight.float(), bn.bias.float(), float(bn.eps), bn.running_mean.float(), bn.running_var.float()
+
+
+def _check_op(op: nn.Module) -> None:
+    ok = (getattr(op, "conv_s2d", None) is None and isinstance(op.bn1.act, nn.SiLU) and isinstance(op.bn2.act, nn.SiLU)
+          and isinstance(op.bn3.act, nn.Identity) and (isinstance(op.aa, nn.Identity)))
+    if not ok:
+        raise NotImplementedError("the rating engine supports MBConv ops with swish activations (the DNA spaces); "
+                                  "use rate_block_naive for other ops")
+
+
+def _build_layer(ops: Sequence[nn.Module], device: torch.device) -> _Layer:
+    by_k: dict[int, list[int]] = {}
+    for k, op in enumerate(ops):
+        _check_op(op)
+        by_k.setdefault(op.conv_dw.kernel_size[0], []).append(k)
+    groups = []
+    for kernel, idx in sorted(by_k.items()):
+        mods = [ops[k] for k in idx]
+        mids = [m.conv_pw.out_channels for m in mods]
+        offs = list(np.cumsum([0] + mids[:-1]))
+        mid_g = sum(mids)
+        has_se = all(not isinstance(m.se, nn.Identity) for m in mods)
+        if not has_se and any(not isinstance(m.se, nn.Identity) for m in mods):
+            raise NotImplementedError("ops of one kernel size must all have SE or none")
+        bn1 = [_bn(m.bn1) for m in mods]
+        bn2 = [_bn(m.bn2) for m in mods]
+        cat = lambda j, bns: torch.cat([b[j] for b in bns]).to(device)  # noqa: E731
+        eps_vec = lambda bns, mids_: torch.cat([torch.full((c,), b[2]) for b, c in zip(bns, mids_)]).to(device)  # noqa: E731
+        if has_se:
+            rds = [m.se.conv_reduce.out_channels for m in mods]
+            wr = torch.zeros(mid_g, sum(rds))
+            we = torch.zeros(sum(rds), mid_g)
+            ro = 0
+            for m, o, c, r in zip(mods, offs, mids, rds):
+                wr[o:o + c, ro:ro + r] = m.se.conv_reduce.weight.float().view(r, c).t()
+                we[ro:ro + r, o:o + c] = m.se.conv_expand.weight.float().view(c, r).t()
+                ro += r
+            br = torch.cat([m.se.conv_reduce.bias.float() for m in mods])
+            be = torch.cat([m.se.conv_expand.bias.float() for m in mods])
+            if not all(isinstance(m.se.act1, nn.SiLU) for m in mods):
+                raise NotImplementedError("the rating engine expects swish inside SE")
+        else:
+            wr = br = we = be = torch.zeros(0)
+        g = _Group(
+            ops=idx, mids=mids, offs=[int(o) for o in offs], kernel=kernel, stride=mods[0].conv_dw.stride[0],
+            pad=mods[0].conv_dw.padding[0],
+            w_pw=torch.cat([m.conv_pw.weight.float().flatten(1) for m in mods]).t().contiguous().to(device),
+            g1=cat(0, bn1), b1=cat(1, bn1), eps1=eps_vec(bn1, mids),
+            w_dw=torch.cat([m.conv_dw.weight.float() for m in mods]).to(device),
+            g2=cat(0, bn2), b2=cat(1, bn2), eps2=eps_vec(bn2, mids),
+            wr=wr.to(device), br=br.to(device), we=we.to(device), be=be.to(device),
+            rm1=cat(3, bn1), rv1=cat(4, bn1), rm2=cat(3, bn2), rv2=cat(4, bn2), has_se=has_se,
+        )
+        for m in mods:
+            w3, b3, e3, m3, v3 = _bn(m.bn3)
+            g.w_pwl.append(m.conv_pwl.weight.float().flatten(1).t().contiguous().to(device))
+            g.g3.append(w3.to(device))
+            g.b3.append(b3.to(device))
+            g.eps3.append(e3)
+            g.rm3.append(m3.to(device))
+            g.rv3.append(v3.to(device))
+        groups.append(g)
+    skips = {bool(op.has_skip) for op in ops}
+    if len(skips) != 1:
+        raise NotImplementedError("sibling ops disagree on the residual")
+    order = torch.tensor([k for g in groups for k in g.ops], device=device)
+    return _Layer(groups, skips.pop(), order)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# node statistics: per group (mean1, var1, mean2, var2) and per op (mean3, var3)
+
+
+def _running_stats(layer: _Layer) -> list[tuple]:
+    return [(g.rm1, g.rv1, g.rm2, g.rv2, list(g.rm3), list(g.rv3)) for g in layer.groups]
+
+
+class _StatsAcc:
+    """Sum of per-batch (mean, unbiased var) of every BN of one node's siblings."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.data: list[list[Tensor]] | None = None
+
+    def add(self, flat: list[Tensor]) -> None:
+        if self.data is None:
+            self.data = [t.clone() for t in flat]
+        else:
+            for a, t in zip(self.data, flat):
+                a.add_(t)
+        self.n += 1
+
+    def mean(self, layer: _Layer) -> list[tuple]:
+        d = [t / self.n for t in self.data]
+        out, j = [], 0
+        for g in layer.groups:
+            m1, v1, m2, v2 = d[j:j + 4]
+            j += 4
+            k = len(g.ops)
+            m3, v3 = d[j:j + k], d[j + k:j + 2 * k]
+            j += 2 * k
+            out.append((m1, v1, m2, v2, m3, v3))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sibling evaluation
+
+
+def _batch_stats(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(biased var, mean, unbiased var) per column of a [rows, C] matrix, in fp32."""
+    hf = h.float() if h.dtype != torch.float32 else h
+    var, mean = torch.var_mean(hf, 0, correction=0)
+    n = hf.shape[0]
+    return var, mean, var * (n / max(n - 1, 1))
+
+
+class _Walker:
+    """Depth-first walk of one cell's trie, in eval mode (fold stats) or calibration mode (batch stats)."""
+
+    def __init__(self, layers: list[_Layer], dtype: torch.dtype, n_ops: int) -> None:
+        self.layers = layers
+        self.dtype = dtype
+        self.n_ops = n_ops
+        self.low = dtype != torch.float32
+
+    # one group's hidden activation: 1x1 expand + BN + swish, depthwise + BN + swish, SE gate
+    def _hidden(self, g: _Group, x2: Tensor, n: int, h: int, w: int, st: tuple | None, calib: list | None
+                ) -> tuple[Tensor, int, int]:
+        dt = self.dtype
+        mid = g.w_pw.shape[1]
+        if calib is None:
+            m1, v1, m2, v2 = st[0], st[1], st[2], st[3]
+            s1 = g.g1 * torch.rsqrt(v1 + g.eps1)
+            t1 = g.b1 - m1 * s1
+            hid = torch.addmm(t1.to(dt), x2, (g.w_pw * s1).to(dt))
+        else:
+            hid = torch.mm(x2, g.w_pw.to(dt))
+            var, mean, uvar = _batch_stats(hid)
+            s1 = g.g1 * torch.rsqrt(var + g.eps1)
+            t1 = g.b1 - mean * s1
+            hid.mul_(s1.to(dt)).add_(t1.to(dt))
+            calib += [mean, uvar]
+        F.silu(hid, inplace=True)
+        h4 = hid.view(n, h, w, mid).permute(0, 3, 1, 2)
+        if calib is None:
+            s2 = g.g2 * torch.rsqrt(v2 + g.eps2)
+            t2 = g.b2 - m2 * s2
+            d = F.conv2d(h4, (g.w_dw * s2.view(-1, 1, 1, 1)).to(dt), t2.to(dt), g.stride, g.pad, 1, mid)
+        else:
+            d = F.conv2d(h4, g.w_dw.to(dt), None, g.stride, g.pad, 1, mid)
+        ho, wo = d.shape[2], d.shape[3]
+        d = d.permute(0, 2, 3, 1)
+        if not d.is_contiguous():
+            d = d.contiguous()
+        d2 = d.view(n * ho * wo, mid)
+        if calib is not None:
+            var, mean, uvar = _batch_stats(d2)
+            s2 = g.g2 * torch.rsqrt(var + g.eps2)
+            t2 = g.b2 - mean * s2
+            d2.mul_(s2.to(dt)).add_(t2.to(dt))
+            calib += [mean, uvar]
+        F.silu(d2, inplace=True)
+        if g.has_se:
+            d3 = d2.view(n, ho * wo, mid)
+            pooled = d3.mean(1, dtype=torch.float32) if self.low else d3.mean(1)
+            r = F.silu(torch.addmm(g.br, pooled, g.wr))
+            gate = torch.sigmoid(torch.addmm(g.be, r, g.we))
+            d3.mul_(gate.to(dt).unsqueeze(1))
+        return d2, ho, wo
+
+    def siblings(self, level: int, x2: Tensor, n: int, h: int, w: int, st: list[tuple] | None,
+                 calib: list | None = None, target: Tensor | None = None):
+        """Yield (op index, child activation [n*ho*wo, out] or squared error, ho, wo) for every op of a layer.
+
+        With ``target`` (last layer) the output is reduced to its sum of squared errors (a 0-d fp32 tensor).
+        With ``calib`` (a list) BNs use batch statistics and their (mean, unbiased var) are appended to it.
+        """
+        layer = self.layers[level]
+        dt = self.dtype
+        for gi, g in enumerate(layer.groups):
+            stg = st[gi] if st is not None else None
+            d2, ho, wo = self._hidden(g, x2, n, h, w, stg, calib)
+            k3 = []
+            for j, k in enumerate(g.ops):
+                sl = d2[:, g.offs[j]:g.offs[j] + g.mids[j]]
+                if calib is None:
+                    s3 = g.g3[j] * torch.rsqrt(stg[5][j] + g.eps3[j])
+                    t3 = g.b3[j] - stg[4][j] * s3
+                    if target is not None and not self.low:
+                        r = torch.addmm(target + t3, sl, g.w_pwl[j] * s3)  # target holds skip - teacher
+                        yield k, torch.dot(r.view(-1), r.view(-1)), ho, wo
+                        continue
+                    y = torch.addmm(t3.to(dt), sl, (g.w_pwl[j] * s3).to(dt))
+                else:
+                    y = torch.mm(sl, g.w_pwl[j].to(dt))
+                    var, mean, uvar = _batch_stats(y)
+                    k3.append((mean, uvar))
+                    if target is not None:  # calibration of the last layer: only its statistics are needed
+                        continue
+                    s3 = g.g3[j] * torch.rsqrt(var + g.eps3[j])
+                    t3 = g.b3[j] - mean * s3
+                    y.mul_(s3.to(dt)).add_(t3.to(dt))
+                if target is not None:
+                    r = y.float() + target
+                    yield k, torch.dot(r.view(-1), r.view(-1)), ho, wo
+                    continue
+                if layer.has_skip:
+                    y.add_(x2)
+                yield k, y, ho, wo
+            if calib is not None:
+                calib += [m for m, _ in k3] + [v for _, v in k3]
+                if target is not None:
+                    yield None, None, ho, wo
+
+
+def _to_rows(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, int, int, int]:
+    """[N, C, H, W] -> contiguous NHWC rows [N*H*W, C]."""
+    n, c, h, w = x.shape
+    return x.to(dtype).permute(0, 2, 3, 1).contiguous().view(n * h * w, c), n, h, w
+
+
+def _default_chunk(n: int, layers: list[_Layer], hw: tuple[int, int], device: torch.device) -> int:
+    if device.type != "cpu":
+        return n
+    # keep the largest group hidden tensor of a layer after the first around 8 MB (L3 sized)
+    h, w = hw
+    biggest = 1
+    for level, layer in enumerate(layers):
+        for g in layer.groups:
+            if level == 0:
+                ho, wo = math.ceil(h / g.stride), math.ceil(w / g.stride)
+                continue
+            biggest = max(biggest, sum(g.mids) * ho * wo * 4)
+    return max(1, min(n, int(8e6 // biggest)))
+
+
+def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor]], calib: list[Tensor] | None, *,
+                   dtype: torch.dtype, device: torch.device, chunk_size: int | None = None, progress: bool = False,
+                   candidates: Sequence[int] | None = None) -> np.ndarray:
+    """Per-candidate sum of squared errors over ``pairs`` (``space.candidates(i)`` order, float64 numpy)."""
+    space = supernet.space
+    spec = space.blocks[i]
+    block = supernet.blocks[i]
+    K = len(spec.ops)
+    n_cands = space.num_candidates(i)
+    want = np.ones(n_cands, dtype=bool)
+    if candidates is not None:
+        want[:] = False
+        want[np.asarray(candidates, dtype=np.int64)] = True
+    csum = np.concatenate([[0], np.cumsum(want)])
+
+    def wanted(lo: int, hi: int) -> bool:
+        return csum[hi] > csum[lo]
+
+    low = dtype != torch.float32
+    # the stem of block 0 has no choice: recalibrate it once, then it maps images to the trie's input
+    inputs = [x for x, _ in pairs]
+    calib_in = calib
+    if block.stem is not None:
+        stem = copy.deepcopy(block.stem).to(device).eval()
+        with torch.autocast(device.type, dtype=dtype, enabled=low):
+            if calib is not None:
+                calib_in = [y.float() for y in recalibrate_bn(stem, calib)]
+            inputs = [stem(x).float() for x in inputs]
+
+    sse = torch.zeros(n_cands, dtype=torch.float64, device=device)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=int(want.sum()), desc=f"block {i}", unit="cand", leave=False)
+    total_chunks = 0
+    plans = []
+    for c, cell in enumerate(spec.cells):
+        layers = [_build_layer(block.cells[c].layers[layer].ops, device) for layer in range(cell.depth)]
+        plans.append(layers)
+    for x in inputs:
+        cs = chunk_size or _default_chunk(x.shape[0], plans[0], x.shape[-2:], device)
+        total_chunks += math.ceil(x.shape[0] / cs)
+
+    base = 0
+    for c, cell in enumerate(spec.cells):
+        layers = plans[c]
+        depth = cell.depth
+        size = K ** depth
+        if not wanted(base, base + size):
+            base += size
+            continue
+        walker = _Walker(layers, dtype, K)
+        stats: dict[tuple, list[tuple]] | None = None
+        if calib_in is not None:
+            accs: dict[tuple, _StatsAcc] = {}
+
+            def cal(level: int, x2: Tensor, n: int, h: int, w: int, prefix: tuple, lo: int) -> None:
+                span = K ** (depth - level)
+                if not wanted(lo, lo + span):
+                    return
+                flat: list[Tensor] = []
+                last = level == depth - 1
+                for k, y, ho, wo in walker.siblings(level, x2, n, h, w, None, flat, target=True if last else None):
+                    if not last:
+                        cal(level + 1, y, n, ho, wo, prefix + (k,), lo + k * span // K)
+                accs.setdefault(prefix, _StatsAcc()).add(flat)
+
+            for xc in calib_in:
+                x2, n, h, w = _to_rows(xc, dtype)
+                cal(0, x2, n, h, w, (), base)
+            stats = {p: a.mean(layers[len(p)]) for p, a in accs.items()}
+            del accs
+        running = [_running_stats(layer) for layer in layers]
+
+        def node_stats(prefix: tuple) -> list[tuple]:
+            return running[len(prefix)] if stats is None else stats[prefix]
+
+        def walk(level: int, x2: Tensor, n: int, h: int, w: int, prefix: tuple, lo: int, tgt: Tensor) -> None:
+            span = K ** (depth - level)
+            if not wanted(lo, lo + span):
+                return
+            st = node_stats(prefix)
+            if level == depth - 1:
+                # residual of the last layer folds into the target: r = proj + b3 + skip - target
+                tg = x2.float() - tgt if walker.layers[level].has_skip else tgt.neg()
+                vals = [None] * K
+                for k, v, _, _ in walker.siblings(level, x2, n, h, w, st, target=tg):
+                    vals[k] = v
+                sse[lo:lo + K] += torch.stack(vals).double()
+                if bar is not None:
+                    bar.update(K / total_chunks)
+                return
+            for k, y, ho, wo in walker.siblings(level, x2, n, h, w, st):
+                walk(level + 1, y, n, ho, wo, prefix + (k,), lo + k * (span // K), tgt)
+
+        for x, (_, t) in zip(inputs, pairs):
+            cs = chunk_size or _default_chunk(x.shape[0], layers, x.shape[-2:], device)
+            for s in range(0, x.shape[0], cs):
+                x2, n, h, w = _to_rows(x[s:s + cs], dtype)
+                t2 = t[s:s + cs].permute(0, 2, 3, 1).contiguous().view(-1, t.shape[1]).float()
+                walk(0, x2, n, h, w, (), base, t2)
+        base += size
+    if bar is not None:
+        bar.close()
+    out = sse.cpu().numpy()
+    out[~want] = np.nan
+    return out

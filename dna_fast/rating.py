@@ -1,0 +1,281 @@
+"""Exhaustive rating: the distillation loss of every candidate of every block.
+
+DNA (Li et al., "Blockwisely Supervised Neural Architecture Search with Knowledge Distillation", CVPR 2020,
+arXiv:1911.13053) rates each candidate path of a block by its MSE to the teacher's stage feature on held-out
+data, optionally after recalibrating the BatchNorm statistics of that path (the original's ``reset_bn_eval``).
+
+* ``rate_block_naive``: the plain reference, one candidate at a time (its own BN recalibration and full forward).
+* ``rate_block``: the fast engine (``dna_fast._rating_engine``): a depth-first walk of the trie of choices, each
+  unique prefix (activation and recalibrated statistics) computed once, sibling ops evaluated together, the last
+  layer reduced straight to the loss. Equal to the reference in fp32.
+* ``rate``: every block of a supernet from a teacher and a loader, one ``ratings/block{i}.parquet`` per block
+  (written atomically as each block finishes; a re-run skips finished blocks), candidates split among torchrun
+  ranks.
+
+Loss definition: ``loss`` = total squared error over all given batches / total number of target elements (the
+per-element mean of ``torch.nn.functional.mse_loss``; with equal batches it is the mean of the per-batch MSEs);
+``rel_loss`` = ``loss`` / population variance of all target elements.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cost import candidate_costs
+from .space import Candidate, SearchSpace
+
+__all__ = ["rate_block", "rate_block_naive", "rate", "rating_table", "load_ratings"]
+
+LatencySpec = Any  # callable(candidate) -> ms, {candidate string: ms}, Series, sequence, or table[cell][layer][op]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shared helpers: data, BN recalibration, the output table
+
+
+def _device_dtype(supernet: nn.Module, device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
+    if device is None:
+        p = next(supernet.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    return torch.device(device), (dtype or torch.float32)
+
+
+def _materialize(batches: Iterable, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for j, b in enumerate(batches):
+        if not isinstance(b, (tuple, list)) or len(b) != 2:
+            raise ValueError(f"batch {j}: expected a (block input, teacher target) pair, got {type(b).__name__}")
+        x, t = b
+        out.append((x.to(device, torch.float32), t.to(device, torch.float32)))
+    if not out:
+        raise ValueError("rate_block needs at least one (input, target) batch")
+    return out
+
+
+def _materialize_calib(calib: Iterable | None, device: torch.device) -> list[torch.Tensor] | None:
+    if calib is None:
+        return None
+    out = []
+    for x in calib:
+        if isinstance(x, (tuple, list)):  # tolerate (input, target) pairs
+            x = x[0]
+        out.append(x.to(device, torch.float32))
+    if not out:
+        raise ValueError("calib is empty: pass at least one batch of block inputs, or calib=None")
+    return out
+
+
+def _bn_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_bn(module: nn.Module, calib: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The original's ``reset_bn_eval``: reset every BN's running stats, forward ``calib`` with the BNs in train mode
+    and ``momentum=None`` (cumulative average of the batch statistics), then put the module in eval mode.
+
+    Returns:
+        The module's outputs on the calibration batches (computed with batch statistics, as during calibration).
+    """
+    module.eval()
+    bns = _bn_layers(module)
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    outs = [module(x) for x in calib]
+    module.eval()
+    return outs
+
+
+def _image_size(space: SearchSpace, i: int, x: torch.Tensor) -> tuple[int, int]:
+    """The image size at which the block's input has the spatial size of ``x`` (for the cost columns)."""
+    h, w = x.shape[-2:]
+    if i == 0:
+        return int(h), int(w)
+    r = space.teacher.stage_reductions[space.blocks[i - 1].teacher_stage]
+    return int(h) * r, int(w) * r
+
+
+def _latency_values(space: SearchSpace, i: int, cands: Sequence[Candidate], latency: LatencySpec) -> np.ndarray:
+    if callable(latency):
+        return np.array([float(latency(c)) for c in cands])
+    if hasattr(latency, "reindex"):  # pandas Series / DataFrame indexed by candidate string
+        s = latency["latency_ms"] if hasattr(latency, "columns") else latency
+        vals = s.reindex([str(c) for c in cands]).to_numpy(dtype=np.float64)
+        if np.isnan(vals).any():
+            raise ValueError(f"block {i}: the latency table lacks some candidates")
+        return vals
+    if isinstance(latency, Mapping):
+        try:
+            return np.array([float(latency[str(c)]) for c in cands])
+        except KeyError as e:
+            raise ValueError(f"block {i}: the latency table has no entry for candidate {e.args[0]}") from None
+    arr = latency
+    if len(arr) == len(cands) and not isinstance(arr[0], (list, tuple, np.ndarray)):
+        return np.asarray(arr, dtype=np.float64)
+    # per-op table: latency[cell][layer][op] in ms, additive over layers
+    return np.array([sum(float(arr[c.cell][layer][k]) for layer, k in enumerate(c.ops)) for c in cands])
+
+
+def rating_table(space: SearchSpace, i: int, sse: np.ndarray, count: int, target_var: float,
+                 image_size: tuple[int, int], latency: LatencySpec = None):
+    """The rating DataFrame of block ``i`` from per-candidate sums of squared errors (``candidates(i)`` order).
+
+    Columns ``loss``, ``rel_loss``, ``params``, ``macs`` (child network at ``image_size``), ``latency_ms`` when a
+    latency table is given, and ``in_width`` / ``out_width`` when this block or the one before it has cells of
+    several widths (then each candidate appears once per possible input width, with that width's costs).
+    """
+    import pandas as pd
+
+    cands = space.candidates(i)
+    b = space.blocks[i]
+    loss = np.asarray(sse, dtype=np.float64) / count
+    index = pd.Index([str(c) for c in cands], name="candidate")
+    in_opts = b.child_in_chs_options
+    widths = len(in_opts) > 1 or len(b.widths) > 1
+    lat = None if latency is None else _latency_values(space, i, cands, latency)
+    frames = []
+    for cin in in_opts:
+        costs = candidate_costs(space, i, image_size, child_in_chs=cin)
+        cols: dict[str, Any] = {"loss": loss, "rel_loss": loss / target_var if target_var > 0 else loss * np.nan,
+                                "params": costs["params"], "macs": costs["macs"]}
+        if lat is not None:
+            cols["latency_ms"] = lat
+        if widths:
+            cols["in_width"] = np.full(len(cands), cin, dtype=np.int64)
+            cols["out_width"] = np.array([b.cells[c.cell].width for c in cands], dtype=np.int64)
+        frames.append(pd.DataFrame(cols, index=index))
+    if len(frames) == 1:
+        return frames[0]
+    # candidate-major, input width inner: rows keep the candidates(i) order
+    df = pd.concat(frames, keys=range(len(frames)), names=["_w", "candidate"])
+    n = len(cands)
+    order = np.arange(len(frames) * n).reshape(len(frames), n).T.reshape(-1)
+    df = df.iloc[order]
+    df.index = df.index.droplevel(0)
+    return df
+
+
+def _target_stats(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[int, float]:
+    count = sum(t.numel() for _, t in pairs)
+    s = sum(t.double().sum() for _, t in pairs)
+    mean = s / count
+    ss = sum(((t.double() - mean) ** 2).sum() for _, t in pairs)
+    return count, float(ss / count)
+
+
+def _check_shapes(space: SearchSpace, i: int, pairs, calib) -> None:
+    b = space.blocks[i]
+    for j, (x, t) in enumerate(pairs):
+        if x.dim() != 4 or x.shape[1] != b.in_chs:
+            raise ValueError(f"block {i}: batch {j} input has shape {tuple(x.shape)}, expected [N, {b.in_chs}, H, W] "
+                             "(the previous teacher stage's feature; the image for block 0)")
+        if t.dim() != 4 or t.shape[1] != b.out_chs or t.shape[0] != x.shape[0]:
+            raise ValueError(f"block {i}: batch {j} target has shape {tuple(t.shape)}, expected "
+                             f"[{x.shape[0]}, {b.out_chs}, H', W'] (teacher stage {b.teacher_stage})")
+    for j, x in enumerate(calib or []):
+        if x.dim() != 4 or x.shape[1] != b.in_chs:
+            raise ValueError(f"block {i}: calib batch {j} has shape {tuple(x.shape)}, expected [N, {b.in_chs}, H, W]")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reference
+
+
+@torch.no_grad()
+def rate_block_naive(supernet: nn.Module, i: int, batches: Iterable, *, calib: Iterable | None = None,
+                     dtype: torch.dtype | None = None, device: Any = None, chunk_size: int | None = None,
+                     latency: LatencySpec = None, progress: bool = False, image_size: Any = None):
+    """Reference rating of every candidate of block ``i``, one candidate at a time (see ``rate_block``).
+
+    For each candidate: a deep copy of its path (the stem first for block 0), with ``calib`` its BNs reset and
+    recalibrated (``recalibrate_bn``), then its full forward on every batch in eval mode. ``dtype`` other than fp32
+    runs under ``torch.autocast``. ``chunk_size`` is accepted for symmetry and ignored.
+    """
+    space = supernet.space
+    device, dtype = _device_dtype(supernet, device, dtype)
+    pairs = _materialize(batches, device)
+    calib_x = _materialize_calib(calib, device)
+    _check_shapes(space, i, pairs, calib_x)
+    count, tvar = _target_stats(pairs)
+    block = supernet.blocks[i]
+    cands = space.candidates(i)
+    sse = np.zeros(len(cands))
+    it = cands
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(cands, desc=f"block {i} (naive)", unit="cand")
+    for j, cand in enumerate(it):
+        mods = ([block.stem] if block.stem is not None else []) + supernet.path_modules(i, cand)
+        path = copy.deepcopy(nn.Sequential(*mods)).to(device).eval()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            if calib_x is not None:
+                recalibrate_bn(path, calib_x)
+            total = 0.0
+            for x, t in pairs:
+                y = path(x).float()
+                total += float(torch.nn.functional.mse_loss(y, t, reduction="sum"))
+        sse[j] = total
+    size = image_size or _image_size(space, i, pairs[0][0])
+    return rating_table(space, i, sse, count, tvar, size, latency)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fast engine
+
+
+@torch.no_grad()
+def rate_block(supernet: nn.Module, i: int, batches: Iterable, *, calib: Iterable | None = None,
+               dtype: torch.dtype | None = None, device: Any = None, chunk_size: int | None = None,
+               latency: LatencySpec = None, progress: bool = False, image_size: Any = None,
+               candidates: Sequence[int] | None = None):
+    """Rate every candidate of block ``i`` of ``supernet`` by its MSE to the teacher's feature.
+
+    Args:
+        supernet: a ``dna_fast.Supernet``.
+        i: block index.
+        batches: iterable of (block input, teacher target) pairs: the previous teacher stage's feature (the image for
+            block 0, which runs the student stem first) and the block's teacher stage feature.
+        calib: optional iterable of block inputs; each candidate's BNs are recalibrated on them first (the original's
+            ``reset_bn_eval``: batch statistics of the data flowing through that path, cumulative average). None:
+            the stored running statistics.
+        dtype: compute dtype (fp32 default; bf16 / fp16 accumulate the loss in fp32).
+        device: where to compute (default: the supernet's device).
+        chunk_size: images per step of the engine (default: chosen so a node's hidden tensor stays cache sized on
+            CPU, the whole batch on GPU). Calibration batches are always processed whole (their statistics are
+            per batch).
+        latency: optional latency table: callable(candidate) -> ms, {candidate string: ms}, a Series, a sequence in
+            candidate order, or a per-op table ``latency[cell][layer][op]`` (additive over layers).
+        progress: show a tqdm bar (candidates/s).
+        image_size: image size for the cost columns (default: inferred from the input's spatial size).
+        candidates: optional positions (in ``space.candidates(i)``) to rate; the others get NaN losses (used to
+            split the work among ranks).
+
+    Returns:
+        pandas DataFrame indexed by the canonical candidate strings in ``space.candidates(i)`` order with columns
+        ``loss``, ``rel_loss``, ``params``, ``macs`` (+ ``latency_ms``, ``in_width`` / ``out_width``; see
+        ``rating_table``).
+    """
+    from ._rating_engine import rate_block_sse
+
+    space = supernet.space
+    device, dtype = _device_dtype(supernet, device, dtype)
+    pairs = _materialize(batches, device)
+    calib_x = _materialize_calib(calib, device)
+    _check_shapes(space, i, pairs, calib_x)
+    count, tvar = _target_stats(pairs)
+    sse = rate_block_sse(supernet, i, pairs, calib_x, dtype=dtype, device=device, chunk_size=chunk_size,
+                         progress=progress, candidates=candidates)
+    size = image_size or _image_size(space, i, pairs[0][0])
+    return rating_table(space, i, sse, count, tvar, size, latency)
