@@ -204,3 +204,69 @@ def test_dna_sized_search_is_optimal_under_swaps():
         new_cost = best.costs["macs"] - t["macs"].iloc[best.indices[i]] + t["macs"].to_numpy()
         new_loss = best.loss - t["loss"].iloc[best.indices[i]] + t["loss"].to_numpy()
         assert not np.any((new_cost <= budget["macs"]) & (new_loss < best.loss - 1e-12))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# search stage (results.json, pareto.png, report.md)
+
+
+def _write_ratings(run_dir, space_name, seed=0):
+    from dna_fast.rating import rating_table
+    from dna_fast.space import SearchSpace
+
+    space = SearchSpace.load(space_name)
+    rng = np.random.default_rng(seed)
+    (run_dir / "ratings").mkdir(parents=True)
+    size = (space.default_image_size,) * 2
+    for i in range(space.num_blocks):
+        t = rating_table(space, i, rng.random(space.num_candidates(i)) * 10, 10, 1.0, size)
+        t.to_parquet(run_dir / "ratings" / f"block{i}.parquet")
+    return space
+
+
+@pytest.mark.parametrize("space_name", ["dna_mini", "dna_cells"])
+def test_run_search_stage(tmp_path, space_name):
+    pytest.importorskip("dna_fast.models")
+    from dna_fast.cost import base_cost, network_cost
+    from dna_fast.models import choices_from_arch_def
+    from dna_fast.report import load_tables, run_search_stage
+
+    space = _write_ratings(tmp_path, space_name)
+    budget = "macs=5M" if space_name == "dna_mini" else "macs=400M,params=5e6"
+    out = run_search_stage(tmp_path, [budget, {"params": 4e6}], top_k=3, space=space)
+    saved = json.loads((tmp_path / "search" / "results.json").read_text())
+    assert saved["budgets"][0]["budget"] == parse_budget(budget)
+    assert (tmp_path / "search" / "pareto.png").stat().st_size > 10_000
+    md = (tmp_path / "search" / "report.md").read_text()
+    assert md.startswith("## Search") and "search/pareto.png" in md
+    tables = load_tables(tmp_path)
+    for entry, b in zip(saved["budgets"], [parse_budget(budget), {"params": 4e6}]):
+        assert len(entry["results"]) == 3
+        for r in entry["results"]:
+            # costs are the whole child network's (stem and head included), exactly as cost.network_cost counts
+            assert r["costs"]["macs"] == network_cost(space, r["choices"])["macs"]
+            assert r["costs"]["params"] == network_cost(space, r["choices"])["params"]
+            assert all(r["costs"][d] <= v for d, v in b.items())
+            back = choices_from_arch_def(space, r["arch_def"])
+            assert [str(c) for c in back] == r["choices"]
+    if len(space.blocks[-1].widths) == 1:  # same answer as search() with the base cost by hand
+        base = {k: float(v) for k, v in base_cost(space).items()}
+        ref = search(tables, parse_budget(budget), top_k=3, base_cost=base)
+        assert [r["loss"] for r in saved["budgets"][0]["results"]] == [a.loss for a in ref]
+    front = saved["pareto"]["points"]
+    assert all(a["macs"] < b["macs"] and a["loss"] > b["loss"] for a, b in zip(front, front[1:]))
+    if space_name == "dna_cells":
+        assert set(out["references"]) == {"dna_a", "dna_b", "dna_c", "dna_d"}
+        assert "dna_a" in md
+
+
+def test_run_search_stage_errors(tmp_path):
+    from dna_fast.report import run_search_stage
+
+    with pytest.raises(FileNotFoundError, match="rate"):
+        run_search_stage(tmp_path, ["macs=1M"])
+    pytest.importorskip("dna_fast.models")
+    _write_ratings(tmp_path, "dna_mini")
+    with pytest.raises(ValueError, match="smallest achievable macs"):
+        run_search_stage(tmp_path, ["macs=1K"], space="dna_mini")
+    assert not (tmp_path / "search" / "results.json").exists()
