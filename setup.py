@@ -63,8 +63,8 @@ def _cpu_vector_flags() -> list:
             flags = set(f.read().split())
     except OSError:
         return []
-    if {"avx2", "fma"} <= flags:
-        return ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    if {"avx2", "fma", "f16c"} <= flags:
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
     return []
 
 
