@@ -1,0 +1,699 @@
+"""``python -m dna_fast.train``: the DNA pipeline from one run config.
+
+Stages, in order (each reads only what the earlier ones wrote to the run directory, so each resumes or re-runs
+alone): ``teacher`` (train the small teacher, or check and score the given one), ``distill`` (block-wise
+distillation of the supernet), ``rate`` (every candidate of every block), ``search`` (exact search under the
+budget), ``retrain`` (the found architecture, the random controls, or ``model=...``), ``evaluate`` (top-1 / top-5,
+then ``summary.json`` and ``report.md``).
+
+Bad input (unknown config key, wrong type, missing data path or checkpoint, a stage whose input the run directory
+lacks) stops before anything is written, with one message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, RunConfig, builtin_run_config, dump_yaml, load_config
+
+__all__ = ["STAGES", "main", "run", "StageInputError", "stage_status"]
+
+STAGES = ("teacher", "distill", "rate", "search", "retrain", "evaluate")
+EXIT_BAD_INPUT = 2
+
+
+class StageInputError(RuntimeError):
+    """A stage cannot run: its input is missing from the run directory (or the config points at nothing)."""
+
+
+# ---------------------------------------------------------------------------------------------- stage registry
+@dataclass(frozen=True)
+class _Need:
+    module: str
+    names: tuple[str, ...]
+
+
+# what each stage needs from the libraries; a stage whose library has not landed is reported missing, never faked
+_NEEDS: dict[str, tuple[_Need, ...]] = {
+    "teacher": (_Need("dna_fast.teacher", ("Teacher", "train_teacher", "build_embedded_teacher")),),
+    "distill": (_Need("dna_fast.distill", ("distill", "load_supernet")), _Need("dna_fast.teacher", ("Teacher",))),
+    "rate": (_Need("dna_fast.rating", ("rate",)), _Need("dna_fast.distill", ("load_supernet",))),
+    "search": (_Need("dna_fast.report", ("run_search_stage",)),),
+    "retrain": (_Need("dna_fast.retrain", ("train_model",)), _Need("dna_fast.models", ("build",))),
+    "evaluate": (_Need("dna_fast.retrain", ("evaluate",)),),
+}
+
+
+def stage_status(stage: str) -> str | None:
+    """None when the stage's library is present, else why it is missing (e.g. ``dna_fast.rating.rate``)."""
+    for need in _NEEDS[stage]:
+        try:
+            mod = importlib.import_module(need.module)
+        except ModuleNotFoundError as e:
+            if e.name == need.module:
+                return f"{need.module} is not implemented yet"
+            raise
+        for n in need.names:
+            if not hasattr(mod, n):
+                return f"{need.module}.{n} is not implemented yet"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- run context
+class Context:
+    """Everything the stages share: config, run dir, device, rank, space, loaders (built lazily), logger."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, stages: Sequence[str], log: Callable[[str], None]) -> None:
+        from .space import SearchSpace
+
+        self.cfg, self.run_dir, self.stages, self.log = cfg, run_dir, list(stages), log
+        try:
+            self.space = SearchSpace.load(cfg.space)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            raise ConfigError(f"config key 'space': {e}") from None
+        self.image_size = cfg.data.image_size or self.space.default_image_size
+        self.rank, self.world_size, self.local_rank = _dist_env()
+        self.device = _resolve_device(cfg.device, self.local_rank)
+        self._loaders: dict[tuple, Any] = {}
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def loader(self, split: str, batch_size: int | None = None) -> Any:
+        """The loader of ``split`` (cached per batch size)."""
+        import torch
+
+        from .data import build_loader
+
+        d = self.cfg.data
+        bs = batch_size or (d.val_batch_size if split == "val" and d.val_batch_size else d.batch_size)
+        key = (split, bs)
+        if key not in self._loaders:
+            self._loaders[key] = build_loader(
+                backend=d.backend, root=d.root, split=split, batch_size=bs, image_size=self.image_size,
+                rank=self.rank, world_size=self.world_size, device=self.device, dtype=torch.float32,
+                workers=d.workers, seed=self.cfg.seed, skip_corrupt=d.skip_corrupt,
+                num_classes=self.cfg.num_classes or 1000,
+            )
+        return self._loaders[key]
+
+    @property
+    def num_classes(self) -> int:
+        if self.cfg.num_classes:
+            return self.cfg.num_classes
+        return self.loader("val").num_classes
+
+    def path(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _resolve_device(name: str, local_rank: int) -> Any:
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"config key 'device': {name!r} but no CUDA GPU is usable here: use device=cpu")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def _init_distributed(ctx: Context) -> None:
+    import torch
+    import torch.distributed as dist
+
+    if ctx.world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if ctx.device.type == "cuda" else "gloo"
+        if ctx.device.type == "cuda":
+            torch.cuda.set_device(ctx.device)
+        dist.init_process_group(backend=backend)
+
+
+# ---------------------------------------------------------------------------------------------- file contracts
+def teacher_checkpoint(ctx: Context) -> Path | None:
+    """The teacher weights the run uses: the trained one in the run dir, or ``teacher.checkpoint``."""
+    t = ctx.cfg.teacher
+    if t.train:
+        return ctx.path("checkpoints", "teacher.pth")
+    if t.checkpoint:
+        p = Path(t.checkpoint)
+        return p if p.is_file() or not ctx.path(t.checkpoint).is_file() else ctx.path(t.checkpoint)
+    return None
+
+
+def supernet_done(ctx: Context) -> bool:
+    """Whether distillation left a complete supernet checkpoint."""
+    mod = importlib.import_module("dna_fast.distill")
+    if hasattr(mod, "supernet_complete"):
+        return bool(mod.supernet_complete(ctx.run_dir))
+    return ctx.path("checkpoints", "supernet.pth").is_file()
+
+
+def ratings_done(ctx: Context) -> bool:
+    return all(ctx.path("ratings", f"block{i}.parquet").is_file() for i in range(ctx.space.num_blocks))
+
+
+def search_done(ctx: Context) -> bool:
+    return ctx.path("search", "results.json").is_file()
+
+
+def retrain_entries(ctx: Context) -> list[str]:
+    """Names of the retrain runs of this config: ``found`` and ``random_1..n``, or the ``model`` name."""
+    if ctx.cfg.model:
+        return [ctx.cfg.model]
+    return ["found"] + [f"random_{k + 1}" for k in range(ctx.cfg.control.num_random)]
+
+
+def _retrain_done(ctx: Context, name: str) -> bool:
+    return ctx.path("retrain", name, "metrics.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- input checks
+def check_inputs(ctx: Context) -> None:
+    """Every problem that would stop a selected stage, found before anything is written.
+
+    Raises:
+        StageInputError / ConfigError / FileNotFoundError with one message naming the cause and the fix.
+    """
+    cfg, sel = ctx.cfg, set(ctx.stages)
+    needs_data = sel & {"teacher", "distill", "rate", "retrain", "evaluate"}
+    if needs_data:
+        d = cfg.data
+        if d.backend in ("dali", "torchvision", "auto") and not d.root:
+            raise ConfigError(f"data backend {d.backend!r} needs data.root: a folder with train/ and val/ class "
+                              "folders (or use data.backend=embedded)")
+        if d.root and not Path(d.root).is_dir():
+            raise FileNotFoundError(f"data.root {d.root!r} does not exist: point data.root at a folder with train/ "
+                                    "and val/ class folders")
+        if d.backend == "dali":
+            from .data import resolve_backend
+
+            resolve_backend("dali")
+    t = cfg.teacher
+    if sel & {"teacher", "distill", "rate"}:
+        if not t.train:
+            ck = teacher_checkpoint(ctx)
+            if ck is not None and not ck.is_file():
+                raise FileNotFoundError(f"teacher.checkpoint {t.checkpoint!r} does not exist: give the path of the "
+                                        "teacher's weights, or set teacher.train=true to train a small teacher")
+            if ck is None and not t.pretrained and not t.allow_random_teacher:
+                raise StageInputError("no teacher weights: set teacher.checkpoint=PATH, teacher.pretrained=true or "
+                                      "teacher.train=true")
+        elif "teacher" not in sel and not teacher_checkpoint(ctx).is_file() and sel & {"distill", "rate"}:
+            raise StageInputError(f"stage distill/rate needs the trained teacher {teacher_checkpoint(ctx)}: run "
+                                  "--stages teacher first (teacher.train=true)")
+    if "rate" in sel and "distill" not in sel and stage_status("distill") is None and not supernet_done(ctx):
+        raise StageInputError(f"stage rate needs the distilled supernet in {ctx.run_dir}/checkpoints: run "
+                              "--stages distill first")
+    if "search" in sel and "rate" not in sel and not ratings_done(ctx):
+        raise StageInputError(f"stage search needs {ctx.run_dir}/ratings/block{{0..{ctx.space.num_blocks - 1}}}"
+                              ".parquet: run --stages rate first")
+    if "retrain" in sel and not cfg.model and "search" not in sel and not search_done(ctx):
+        raise StageInputError(f"stage retrain needs {ctx.run_dir}/search/results.json: run --stages search first, "
+                              "or retrain a named model with model=dna_a")
+    if "retrain" in sel and cfg.retrain.inherit and not cfg.model and "distill" not in sel \
+            and stage_status("distill") is None and not supernet_done(ctx):
+        raise StageInputError("retrain.inherit=true needs the distilled supernet: run --stages distill first")
+    if cfg.model and sel & {"retrain", "evaluate"}:
+        import timm
+
+        _register_models()
+        if not timm.is_model(cfg.model):
+            raise ConfigError(f"config key 'model': {cfg.model!r} is not a timm model (e.g. dna_a, dna_b, dna_c, dna_d, "
+                              "efficientnet_b0); leave it empty to use the search result")
+    if "evaluate" in sel and "retrain" not in sel:
+        if cfg.model and cfg.checkpoint:
+            if not Path(cfg.checkpoint).is_file():
+                raise FileNotFoundError(f"checkpoint {cfg.checkpoint!r} does not exist: give the weights to evaluate")
+        elif cfg.model and not cfg.checkpoint and not ctx.path("retrain", cfg.model, "last.pth").is_file():
+            raise StageInputError(f"stage evaluate of model={cfg.model} needs checkpoint=PATH (or a retrain of it "
+                                  f"in {ctx.run_dir}/retrain/{cfg.model})")
+        elif not cfg.model:
+            missing = [n for n in retrain_entries(ctx) if not ctx.path("retrain", n, "last.pth").is_file()]
+            if missing:
+                raise StageInputError(f"stage evaluate needs the retrained {', '.join(missing)} in "
+                                      f"{ctx.run_dir}/retrain: run --stages retrain first")
+
+
+def _check_run_dir(ctx: Context) -> None:
+    """A run dir made for another search space is not reused (its checkpoints would not fit)."""
+    import yaml
+
+    p = ctx.path("config.yaml")
+    if p.is_file():
+        try:
+            old = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError:
+            return
+        if isinstance(old, dict) and old.get("space") not in (None, ctx.cfg.space):
+            raise ConfigError(f"run dir {str(ctx.run_dir)!r} was made for space {old.get('space')!r}, the config "
+                              f"says {ctx.cfg.space!r}: use another --run-dir")
+
+
+def _write_config(ctx: Context) -> None:
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    p = ctx.path("config.yaml")
+    tmp = p.with_name(f".config.yaml.tmp{os.getpid()}")
+    tmp.write_text(dump_yaml(ctx.cfg))
+    os.replace(tmp, p)
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def _write_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def build_teacher(ctx: Context) -> Any:
+    """The ``Teacher`` of the run (weights from the run dir's trained teacher or the config)."""
+    from .teacher import Teacher, build_embedded_teacher
+
+    t = ctx.cfg.teacher
+    ck = teacher_checkpoint(ctx)
+    if t.train:
+        model = build_embedded_teacher(ctx.space, num_classes=ctx.num_classes)
+        return Teacher(model, ctx.space, checkpoint=ck)
+    name = t.model or ctx.space.teacher.model
+    return Teacher(name, ctx.space, checkpoint=ck, pretrained=t.pretrained, allow_random_teacher=t.allow_random_teacher)
+
+
+def stage_teacher(ctx: Context) -> dict:
+    """Trains the small teacher (``teacher.train``) or scores the given one; writes ``teacher/metrics.json``."""
+    from .teacher import build_embedded_teacher, evaluate_teacher, train_teacher
+
+    t, out = ctx.cfg.teacher, ctx.path("teacher", "metrics.json")
+    if out.is_file():
+        res = json.loads(out.read_text())
+        ctx.log(f"[teacher] done before: val top-1 {res['acc']:.2f} %")
+        return res
+    if t.train:
+        model = build_embedded_teacher(ctx.space, num_classes=ctx.num_classes)
+        acc = train_teacher(model, ctx.loader("train"), ctx.loader("val"), epochs=t.epochs, lr=t.lr,
+                            device=ctx.device, out_path=teacher_checkpoint(ctx))
+        model_name = "embedded teacher"
+    else:
+        teacher = build_teacher(ctx)
+        acc = evaluate_teacher(teacher.model, ctx.loader("val"), ctx.device) if hasattr(teacher, "model") else None
+        model_name = t.model or ctx.space.teacher.model
+    res = {"model": model_name, "acc": None if acc is None else 100.0 * acc, "trained": t.train,
+           "checkpoint": str(teacher_checkpoint(ctx))}
+    if ctx.is_main:
+        _write_json(res, out)
+    ctx.log(f"[teacher] val top-1 {res['acc']:.2f} %" if res["acc"] is not None else "[teacher] ready")
+    return res
+
+
+def stage_distill(ctx: Context) -> dict:
+    from .distill import distill
+    from .supernet import Supernet
+
+    d = ctx.cfg.distill
+    supernet = Supernet(ctx.space)
+    teacher = build_teacher(ctx)
+    kwargs: dict[str, Any] = dict(epochs=d.epochs, device=ctx.device)
+    if d.lr is not None:
+        kwargs["lr"] = d.lr
+    if d.max_steps:
+        kwargs["max_steps"] = d.max_steps
+    res = distill(supernet, teacher, ctx.loader("train"), ctx.run_dir, **kwargs)
+    ctx.log(f"[distill] done: {_short(res)}")
+    return res if isinstance(res, dict) else {}
+
+
+def stage_rate(ctx: Context) -> dict:
+    from .distill import load_supernet
+    from .rating import rate
+
+    r = ctx.cfg.rate
+    supernet = load_supernet(ctx.run_dir, ctx.space)
+    teacher = build_teacher(ctx)
+    res = rate(supernet, teacher, ctx.loader("val"), ctx.run_dir, num_batches=r.num_batches,
+               calib_batches=r.calib_batches, device=ctx.device)
+    ctx.log(f"[rate] wrote {ctx.run_dir}/ratings/block0..{ctx.space.num_blocks - 1}.parquet")
+    return res if isinstance(res, dict) else {}
+
+
+def stage_search(ctx: Context) -> dict:
+    from .report import run_search_stage
+    from .search import parse_budget
+
+    s = ctx.cfg.search
+    res = run_search_stage(ctx.run_dir, parse_budget(s.budget), top_k=s.top_k, space=ctx.space,
+                           image_size=ctx.image_size, num_classes=ctx.num_classes)
+    best = found_architecture(ctx)
+    ctx.log(f"[search] budget {s.budget}: best {best['arch_str']} ({best['macs'] / 1e6:.2f} M MACs)")
+    return res if isinstance(res, dict) else {}
+
+
+def found_architecture(ctx: Context) -> dict:
+    """The best architecture of ``search/results.json``: ``choices`` (candidate strings), ``arch_def``, costs."""
+    from . import cost, models
+
+    data = json.loads(ctx.path("search", "results.json").read_text())
+    entry = None
+    for b in data.get("budgets") or []:
+        if b.get("results"):
+            entry = b["results"][0]
+            break
+    if entry is None:
+        raise StageInputError(f"{ctx.run_dir}/search/results.json holds no architecture within the budget: run "
+                              "--stages search again with a larger search.budget")
+    if entry.get("choices"):
+        choices = [ctx.space.parse(i, c) for i, c in enumerate(entry["choices"])]
+    else:
+        choices = models.choices_from_arch_def(ctx.space, entry["arch_def"])
+    c = cost.network_cost(ctx.space, choices, ctx.image_size, ctx.num_classes)
+    return {"choices": [str(x) for x in choices], "arch_def": models.arch_def(ctx.space, choices),
+            "arch_str": " | ".join(str(x) for x in choices), "macs": int(c["macs"]), "params": int(c["params"]),
+            "loss": entry.get("loss")}
+
+
+def random_controls(ctx: Context, found: dict, n: int, tolerance: float, max_tries: int = 200_000) -> list[dict]:
+    """``n`` distinct random architectures of the space (not the found one) with MACs within ``tolerance``."""
+    import random
+
+    from . import cost, models
+
+    space, rng = ctx.space, random.Random(ctx.cfg.seed + 1)
+    cands = [space.candidates(i) for i in range(space.num_blocks)]
+    base_cache: dict[int, int] = {}
+    cand_cache: dict[tuple, int] = {}
+    target, seen, out = found["macs"], {tuple(found["choices"])}, []
+    for _ in range(max_tries):
+        choice = [rng.choice(c) for c in cands]
+        key = tuple(str(c) for c in choice)
+        if key in seen:
+            continue
+        macs, width = 0, space.stem_out_chs
+        for i, c in enumerate(choice):
+            k = (i, str(c), width)
+            if k not in cand_cache:
+                cand_cache[k] = int(cost.candidate_cost(space, i, c, ctx.image_size, child_in_chs=width)["macs"])
+            macs += cand_cache[k]
+            width = space.blocks[i].cells[c.cell].width
+        if width not in base_cache:
+            base_cache[width] = int(cost.base_cost(space, ctx.image_size, ctx.num_classes, last_width=width)["macs"])
+        macs += base_cache[width]
+        if abs(macs - target) <= tolerance * target:
+            seen.add(key)
+            c = cost.network_cost(space, choice, ctx.image_size, ctx.num_classes)
+            out.append({"choices": list(key), "arch_def": models.arch_def(space, choice), "arch_str": " | ".join(key),
+                        "macs": int(c["macs"]), "params": int(c["params"])})
+            if len(out) == n:
+                return out
+    raise StageInputError(f"found only {len(out)} of {n} random architectures within {tolerance:.0%} of the found "
+                          f"one's MACs in {max_tries} samples: raise control.macs_tolerance or lower control.num_random")
+
+
+def _build_child(ctx: Context, entry: dict) -> Any:
+    import timm
+
+    from . import models
+
+    r = ctx.cfg.retrain
+    kw = dict(drop_rate=r.dropout, drop_path_rate=r.drop_path)
+    if "choices" in entry:
+        return models.build(ctx.space, entry["choices"], num_classes=ctx.num_classes, **kw)
+    _register_models()
+    return timm.create_model(entry["model"], num_classes=ctx.num_classes, **kw)
+
+
+def _register_models() -> None:
+    """Imports the modules that register dna_fast's timm models (dna_a..dna_d, dna_mini_teacher)."""
+    importlib.import_module("dna_fast.models")
+    if stage_status("teacher") is None:
+        importlib.import_module("dna_fast.teacher")
+
+
+def retrain_plan(ctx: Context) -> dict[str, dict]:
+    """name -> architecture entry of every retrain run (cached in ``retrain/plan.json`` so resumes match)."""
+    from . import cost
+
+    plan_path = ctx.path("retrain", "plan.json")
+    if ctx.cfg.model:
+        return {ctx.cfg.model: {"model": ctx.cfg.model}}
+    if plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+        if set(plan) == set(retrain_entries(ctx)):
+            return plan
+    found = found_architecture(ctx)
+    plan = {"found": found}
+    ctl = ctx.cfg.control
+    if ctl.num_random:
+        for k, e in enumerate(random_controls(ctx, found, ctl.num_random, ctl.macs_tolerance)):
+            plan[f"random_{k + 1}"] = e
+    del cost
+    if ctx.is_main:
+        _write_json(plan, plan_path)
+    return plan
+
+
+def stage_retrain(ctx: Context) -> dict:
+    from .retrain import train_model
+
+    r = ctx.cfg.retrain
+    plan = retrain_plan(ctx)
+    results = {}
+    for name, entry in plan.items():
+        out = ctx.path("retrain", name)
+        label = entry.get("arch_str") or entry.get("model")
+        if _retrain_done(ctx, name):
+            ctx.log(f"[retrain] {name}: done before")
+        else:
+            ctx.log(f"[retrain] {name}: {label}")
+        model = _build_child(ctx, entry)
+        if r.inherit and "choices" in entry and not (out / "last.pth").is_file():
+            from .distill import load_supernet
+            from .models import inherit_weights
+
+            rep = inherit_weights(model, load_supernet(ctx.run_dir, ctx.space), entry["choices"])
+            ctx.log(f"[retrain] {name}: inherited {len(rep.copied)} tensors from the supernet")
+        meta = {k: entry[k] for k in ("choices", "arch_def", "macs", "params", "model") if k in entry}
+        res = train_model(model, ctx.loader("train", r.batch_size), ctx.loader("val"), out, cfg=r, device=ctx.device,
+                          meta=meta, log=ctx.log)
+        results[name] = res
+        ctx.log(f"[retrain] {name}: val top-1 {res['top1']:.2f} % (EMA {_fmt(res.get('ema_top1'))} %)")
+    return results
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _short(res: Any) -> str:
+    if not isinstance(res, dict):
+        return "ok"
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(res.items())[:6]
+                     if isinstance(v, (int, float, str)))
+
+
+def stage_evaluate(ctx: Context) -> dict:
+    """Top-1 / top-5 of the raw and EMA weights of every retrained model (or of ``model`` + ``checkpoint``)."""
+    import timm
+    import torch
+
+    from .retrain import evaluate, load_weights
+
+    r, val = ctx.cfg.retrain, ctx.loader("val")
+    results = {}
+    if ctx.cfg.model and ctx.cfg.checkpoint:
+        _register_models()
+        model = timm.create_model(ctx.cfg.model, num_classes=ctx.num_classes).to(ctx.device)
+        model.load_state_dict(load_weights(ctx.cfg.checkpoint))
+        res = evaluate(model, val, ctx.device, amp=r.amp, channels_last=r.channels_last)
+        res.update(model=ctx.cfg.model, checkpoint=str(ctx.cfg.checkpoint))
+        if ctx.is_main:
+            _write_json(res, ctx.path("evaluate", f"{ctx.cfg.model}.json"))
+        ctx.log(f"[evaluate] {ctx.cfg.model}: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  ({res['n']} images)")
+        return {ctx.cfg.model: res}
+    plan = retrain_plan(ctx)
+    for name, entry in plan.items():
+        ck = ctx.path("retrain", name, "last.pth")
+        model = _build_child(ctx, entry).to(ctx.device)
+        state = torch.load(ck, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        res = {"raw": evaluate(model, val, ctx.device, amp=r.amp)}
+        if state.get("ema") is not None:
+            model.load_state_dict(state["ema"])
+            res["ema"] = evaluate(model, val, ctx.device, amp=r.amp)
+        res["acc"] = res["ema"]["top1"] if "ema" in res else res["raw"]["top1"]
+        res.update({k: entry[k] for k in ("arch_def", "macs", "params", "model", "choices") if k in entry})
+        if ctx.is_main:
+            _write_json(res, ctx.path("retrain", name, "eval.json"))
+        results[name] = res
+        ctx.log(f"[evaluate] {name}: top-1 {res['raw']['top1']:.2f} % (EMA {_fmt(res.get('ema', {}).get('top1'))} %)")
+    return results
+
+
+_RUNNERS: dict[str, Callable[[Context], Any]] = {
+    "teacher": stage_teacher, "distill": stage_distill, "rate": stage_rate, "search": stage_search,
+    "retrain": stage_retrain, "evaluate": stage_evaluate,
+}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def parse_stages(s: str | None) -> list[str]:
+    if s is None or s.strip() == "":
+        return list(STAGES)
+    out = [x.strip() for x in s.split(",") if x.strip()]
+    bad = [x for x in out if x not in STAGES]
+    if bad:
+        raise ConfigError(f"unknown stage(s) {', '.join(bad)}: choose from {','.join(STAGES)}")
+    return [st for st in STAGES if st in out]  # always in pipeline order
+
+
+def run(cfg: RunConfig, run_dir: str | os.PathLike, stages: Sequence[str] = STAGES,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs the selected stages (checked first; nothing is written when a check fails).
+
+    Returns:
+        ``{"ran": [...], "missing": {stage: reason}, "skipped": {stage: reason}, "summary": dict | None}``.
+    """
+    import torch
+
+    run_dir = Path(run_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ctx = Context(cfg, run_dir, stages, log)
+    missing = {st: why for st in stages if (why := stage_status(st)) is not None}
+    _check_run_dir(ctx)
+    check_inputs(ctx)
+    if cfg.teacher.train or any(st in stages for st in ("retrain", "evaluate", "distill", "rate")):
+        ctx.loader("val")  # a bad data path fails here, before anything is written
+    _init_distributed(ctx)
+    if ctx.is_main:
+        _write_config(ctx)
+    torch.manual_seed(cfg.seed)
+    ran, skipped, results = [], {}, {}
+    blocked: str | None = None
+    for st in stages:
+        if st in missing:
+            log(f"[{st}] missing: {missing[st]}; not run")
+            blocked = blocked or st
+            continue
+        if blocked is not None and not _input_present(ctx, st):
+            skipped[st] = f"needs the output of stage {blocked}, which is missing"
+            log(f"[{st}] skipped: {skipped[st]}")
+            continue
+        t0 = time.perf_counter()
+        results[st] = _RUNNERS[st](ctx)
+        ran.append(st)
+        log(f"[{st}] {time.perf_counter() - t0:.1f} s")
+    summary = None
+    if ctx.is_main and not cfg.model and ("evaluate" in ran or "retrain" in ran):
+        from .summary import write_summary
+
+        summary = write_summary(ctx)
+        log("")
+        log(summary["table"])
+        log(f"\nreport: {run_dir / 'report.md'}   summary: {run_dir / 'summary.json'}")
+    if missing:
+        log(f"\npipeline incomplete: stage(s) {', '.join(missing)} not implemented yet; no results were made up.")
+    return {"ran": ran, "missing": missing, "skipped": skipped, "summary": summary, "results": results}
+
+
+def _input_present(ctx: Context, st: str) -> bool:
+    if st == "teacher":
+        return True
+    if st == "distill":
+        return not ctx.cfg.teacher.train or teacher_checkpoint(ctx).is_file()
+    if st == "rate":
+        return supernet_done(ctx) if stage_status("distill") is None else False
+    if st == "search":
+        return ratings_done(ctx)
+    if st == "retrain":
+        return bool(ctx.cfg.model) or search_done(ctx)
+    return all(ctx.path("retrain", n, "last.pth").is_file() for n in retrain_entries(ctx)) or bool(ctx.cfg.checkpoint)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dna_fast.train",
+        description=(
+            "Run the DNA pipeline (block-wise distillation NAS) from one YAML config. With no arguments: the embedded "
+            "default (digits 32x32, dna_mini space; teacher, distill, rate, search under a MACs budget, retrain the "
+            "found architecture and 3 random controls, evaluate) in runs/embedded, ending with a table, "
+            "report.md and summary.json."
+        ),
+        epilog=(
+            "stages: teacher (train the small teacher / score the given one), distill (supernet, block-wise), rate "
+            "(every candidate of every block -> ratings/block{i}.parquet), search (exact, under search.budget -> "
+            "search/results.json), retrain (found architecture + control.num_random random ones, or model=NAME), "
+            "evaluate (top-1/top-5 raw and EMA; summary.json, report.md). Each stage resumes from what --run-dir "
+            "holds.\n\nexamples:\n"
+            "  python -m dna_fast.train\n"
+            "  python -m dna_fast.train --config configs/runs/imagenet_dna.yaml data.root=/data/imagenet\n"
+            "  python -m dna_fast.train --run-dir runs/x --stages search search.budget=macs=20M\n"
+            "  python -m dna_fast.train --stages evaluate model=dna_a checkpoint=dna_a.pth data.root=/data/imagenet "
+            "data.backend=torchvision\n"
+            "  torchrun --nproc_per_node=8 -m dna_fast.train --config configs/runs/imagenet_dna.yaml ...\n\n"
+            "Exit codes: 0 done, 2 bad input (nothing in the run dir is changed)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="run config YAML (default: the packaged configs/runs/embedded.yaml)")
+    p.add_argument("--run-dir", help="run directory (default: the config's run_dir)")
+    p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all, in order)")
+    p.add_argument("--info", action="store_true", help="print dna_fast.backend_info() and the stage status, then exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted config overrides, e.g. distill.epochs=2 search.budget=macs=40M device=cpu")
+    return p
+
+
+def print_info(log: Callable[[str], None] = print) -> None:
+    from . import backend_info
+
+    for k, v in backend_info().items():
+        log(f"{k}: {v}")
+    for st in STAGES:
+        why = stage_status(st)
+        log(f"stage {st}: {'ready' if why is None else 'missing (' + why + ')'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.info:
+        print_info()
+        return 0
+    try:
+        cfg = load_config(args.config, args.overrides)
+        stages = parse_stages(args.stages)
+        run_dir = Path(args.run_dir or cfg.run_dir)
+        if args.run_dir:
+            cfg.run_dir = str(run_dir)
+        if args.config is None and not args.run_dir:
+            print(f"embedded default: {builtin_run_config('embedded')} -> {run_dir}", flush=True)
+        res = run(cfg, run_dir, stages, log=lambda s: print(s, flush=True))
+    except (ConfigError, StageInputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:  # a data error from the loaders is bad input too
+        from .data import DataError
+
+        if isinstance(e, DataError):
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+    return 0 if not res["missing"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
