@@ -22,6 +22,10 @@ _EXPORTS = {
     "BlockSpec": "dna_fast.space",
     "CellSpec": "dna_fast.space",
     "Candidate": "dna_fast.space",
+    "OpSpec": "dna_fast.space",
+    "parse_op": "dna_fast.space",
+    "builtin_spaces": "dna_fast.space",
+    "build_loader": "dna_fast.data",
     "Supernet": "dna_fast.supernet",
     "Teacher": "dna_fast.teacher",
     "distill": "dna_fast.distill",
@@ -32,7 +36,11 @@ _EXPORTS = {
     "Architecture": "dna_fast.search",
 }
 
-__all__ = ["__version__", "backend_info", *_EXPORTS]
+__all__ = ["__version__", "backend_info", "models", *_EXPORTS]
+
+# DNA-a..d register with timm (`timm.create_model("dna_a")`) when dna_fast.models is imported: do it now so that
+# `import dna_fast` is enough. It loads timm, which everything past the ops needs anyway.
+from . import models  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:
