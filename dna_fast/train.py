@@ -356,7 +356,7 @@ def stage_search(ctx: Context) -> dict:
     from .search import parse_budget
 
     s = ctx.cfg.search
-    res = run_search_stage(ctx.run_dir, parse_budget(s.budget), top_k=s.top_k, space=ctx.space,
+    res = run_search_stage(ctx.run_dir, [parse_budget(s.budget)], top_k=s.top_k, space=ctx.space,
                            image_size=ctx.image_size, num_classes=ctx.num_classes)
     best = found_architecture(ctx)
     ctx.log(f"[search] budget {s.budget}: best {best['arch_str']} ({best['macs'] / 1e6:.2f} M MACs)")
