@@ -133,3 +133,61 @@ def test_bench_pareto_front(benchmark, layers):
     t = benchmark.stats.stats.median
     print(f"\n[pareto front {[len(x) for x in tables]}] {len(front)} points in {t:.3f} s (target 5 s, ratio "
           f"{t / 5:.3f}); plain DP reference {t_ref:.2f} s")
+
+
+def test_bench_latency_additive_model(benchmark):
+    """How well the per-op sum predicts the measured latency of whole child networks.
+
+    CPU: ``dna_mini`` at 32x32, batch 1, 1 thread. GPU: ``dna`` at 224x224, batch 64, fp32 and bf16, CUDA events.
+    """
+    import os
+
+    import torch
+
+    pytest.importorskip("dna_fast.models")
+    from dna_fast import models
+    from dna_fast._latency import latency_table, measure_latency
+    from dna_fast.space import SearchSpace
+
+    cuda = torch.cuda.is_available()
+    name = os.environ.get("DNA_FAST_BENCH_LATENCY_SPACE", "dna" if cuda else "dna_mini")
+    space = SearchSpace.load(name)
+    device = "cuda" if cuda else "cpu"
+    bs = 64 if cuda else 1
+    dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
+    before = torch.get_num_threads()
+    if not cuda:
+        torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    try:
+        for dtype in dtypes:
+            t0 = time.perf_counter()
+            lat = latency_table(space, device, bs, dtype, warmup=5 if not cuda else 10, repeats=15 if not cuda else 30,
+                                channels_last=cuda)
+            t_table = time.perf_counter() - t0
+            pred, meas = [], []
+            for _ in range(8):
+                ch = [space.candidates(i)[int(rng.integers(space.num_candidates(i)))] for i in range(space.num_blocks)]
+                m = models.build(space, ch)
+                meas.append(measure_latency(m, (bs, 3, *lat.image_size), device, dtype, warmup=10, repeats=30,
+                                            channels_last=cuda))
+                pred.append(lat.network_ms(space, ch))
+            pred, meas = np.array(pred), np.array(meas)
+            rel = pred / meas - 1
+            corr = float(np.corrcoef(pred, meas)[0, 1])
+            rank = float(np.corrcoef(np.argsort(np.argsort(pred)), np.argsort(np.argsort(meas)))[0, 1])
+            # one global linear calibration (meas ~ a * pred + b), leave-one-out
+            loo = []
+            for j in range(len(pred)):
+                keep = np.arange(len(pred)) != j
+                a, b = np.polyfit(pred[keep], meas[keep], 1)
+                loo.append((a * pred[j] + b) / meas[j] - 1)
+            print(f"\n[latency {name} {lat.device} bs={bs} {lat.dtype}] table {t_table:.1f} s "
+                  f"({lat.meta['unique_shapes']} shapes); predicted/measured - 1 per network: "
+                  f"{', '.join(f'{r:+.1%}' for r in rel)}; mean |err| {np.abs(rel).mean():.1%}, Pearson r {corr:.3f}, "
+                  f"Spearman {rank:.3f}; linearly calibrated (leave-one-out) mean |err| {np.abs(loo).mean():.1%}; "
+                  f"measured {meas.min():.2f}..{meas.max():.2f} ms")
+            assert np.all(np.isfinite(pred)) and np.all(pred > 0)
+    finally:
+        torch.set_num_threads(before)
+    benchmark.pedantic(lambda: lat.network_ms(space, ch), rounds=3, iterations=1)

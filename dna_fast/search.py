@@ -565,7 +565,8 @@ def search(
     bvec = np.array([float(budget[d]) for d in dims])
     # an architecture needs a chain of widths and must fit every budget
     if _chain_argmin(blocks, [b.loss for b in blocks], n_ids) is None:
-        raise ValueError("no architecture exists: the tables' in_width/out_width columns never chain through all blocks")
+        raise ValueError("no architecture exists: the tables' in_width/out_width columns never chain through all "
+                         "blocks")
     if dims:
         mins = _min_costs(blocks, n_ids) + base
         bad = [d for d, m, bud in zip(dims, mins, bvec) if m > bud]
