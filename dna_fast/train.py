@@ -352,14 +352,34 @@ def stage_rate(ctx: Context) -> dict:
 
 
 def stage_search(ctx: Context) -> dict:
+    """Exact search under ``search.budget`` (skipped when ``search/results.json`` has the same budget and top-k).
+
+    A new result whose best architecture differs from the one already retrained moves ``retrain/`` aside to
+    ``retrain.stale-<time>`` (kept, not deleted), so retraining never resumes another architecture's checkpoint.
+    """
     from .report import run_search_stage
     from .search import parse_budget
 
     s = ctx.cfg.search
-    res = run_search_stage(ctx.run_dir, [parse_budget(s.budget)], top_k=s.top_k, space=ctx.space,
-                           image_size=ctx.image_size, num_classes=ctx.num_classes)
+    budget = parse_budget(s.budget)
+    res_path = ctx.path("search", "results.json")
+    if res_path.is_file():
+        old = json.loads(res_path.read_text())
+        if [b.get("budget") for b in old.get("budgets", [])] == [budget] and old.get("top_k") == s.top_k:
+            best = found_architecture(ctx)
+            ctx.log(f"[search] done before: best {best['arch_str']} ({best['macs'] / 1e6:.3f} M MACs)")
+            return old
+    res = run_search_stage(ctx.run_dir, [budget], top_k=s.top_k, space=ctx.space, image_size=ctx.image_size,
+                           num_classes=ctx.num_classes)
     best = found_architecture(ctx)
-    ctx.log(f"[search] budget {s.budget}: best {best['arch_str']} ({best['macs'] / 1e6:.2f} M MACs)")
+    ctx.log(f"[search] budget {s.budget}: best {best['arch_str']} ({best['macs'] / 1e6:.3f} M MACs)")
+    plan_path = ctx.path("retrain", "plan.json")
+    if ctx.is_main and plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+        if plan.get("found", {}).get("choices") != best["choices"]:
+            stale = ctx.path(f"retrain.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(ctx.path("retrain"), stale)
+            ctx.log(f"[search] the best architecture changed: moved the old retrain/ to {stale.name}/")
     return res if isinstance(res, dict) else {}
 
 
@@ -445,13 +465,15 @@ def _register_models() -> None:
 
 def retrain_plan(ctx: Context) -> dict[str, dict]:
     """name -> architecture entry of every retrain run (cached in ``retrain/plan.json`` so resumes match)."""
-    from . import cost
-
     plan_path = ctx.path("retrain", "plan.json")
     if ctx.cfg.model:
         return {ctx.cfg.model: {"model": ctx.cfg.model}}
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
+        found = found_architecture(ctx)
+        if plan.get("found", {}).get("choices") != found["choices"]:
+            raise StageInputError(f"{plan_path.parent} holds the retraining of another architecture than "
+                                  "search/results.json's best: move it away or use a new --run-dir")
         if set(plan) == set(retrain_entries(ctx)):
             return plan
     found = found_architecture(ctx)
@@ -460,7 +482,6 @@ def retrain_plan(ctx: Context) -> dict[str, dict]:
     if ctl.num_random:
         for k, e in enumerate(random_controls(ctx, found, ctl.num_random, ctl.macs_tolerance)):
             plan[f"random_{k + 1}"] = e
-    del cost
     if ctx.is_main:
         _write_json(plan, plan_path)
     return plan
