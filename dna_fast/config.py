@@ -389,6 +389,8 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
                                       f"{dataclasses.fields(tp)[0].name}=...")
                 node[part] = _override_value(raw, tp)
             else:
+                if not dataclasses.is_dataclass(tp):
+                    raise ConfigError(f"unknown config key {'.'.join(path)!r}: {key!r} is not a section")
                 sub = node.get(part)
                 if sub is None:
                     sub = node[part] = {}
