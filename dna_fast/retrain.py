@@ -233,6 +233,10 @@ def train_model(
         if ema is not None and ck.get("ema") is not None:
             ema.module.load_state_dict(ck["ema"])
         start_epoch, step, history = int(ck["epoch"]), int(ck["step"]), list(json.loads(ck["history"]))
+        if ck.get("rng") is not None:  # dropout / drop-path continue as if never interrupted
+            torch.set_rng_state(ck["rng"].cpu())
+        if ck.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), device)
         if rank == 0:
             log(f"  resumed from {ckpt_path} (epoch {start_epoch}, step {step})")
     train_model_ = model
@@ -245,7 +249,9 @@ def train_model(
         if rank == 0:
             save_atomic({"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
                          "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                         "history": json.dumps(history)}, ckpt_path)
+                         "history": json.dumps(history), "rng": torch.get_rng_state(),
+                         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+                        ckpt_path)
         if world > 1:
             dist.barrier()
 
