@@ -80,17 +80,21 @@ class TeacherConfig:
 
 @dataclass
 class DistillConfig:
-    """Block-wise distillation of the supernet (all blocks per teacher forward).
+    """Block-wise distillation of the supernet (all blocks per teacher forward; see :func:`dna_fast.distill`).
 
     Attributes:
-        epochs: epochs over the train split.
-        lr: learning rate (default: the library's).
-        max_steps: stop after this many steps in all (0: no limit; for tests).
+        epochs: epochs over the train split (every block trains in every epoch).
+        lr: one learning rate for every block (default: the library's per-block rates).
+        max_steps_per_epoch: cut every epoch after this many steps (0: whole epochs; for tests).
+        checkpoint_every_steps: also checkpoint every N steps within an epoch (0: at epoch ends).
+        sampling: path sampling, ``uniform`` or ``fair``.
     """
 
     epochs: int = 20
     lr: float | None = None
-    max_steps: int = 0
+    max_steps_per_epoch: int = 0
+    checkpoint_every_steps: int = 0
+    sampling: str = "uniform"
 
 
 @dataclass
@@ -294,7 +298,8 @@ def validate(cfg: RunConfig) -> None:
         if v < 1:
             raise ConfigError(f"config key {key!r} must be at least 1, got {v}")
     non_negative = {
-        "distill.epochs": cfg.distill.epochs, "distill.max_steps": cfg.distill.max_steps,
+        "distill.epochs": cfg.distill.epochs, "distill.max_steps_per_epoch": cfg.distill.max_steps_per_epoch,
+        "distill.checkpoint_every_steps": cfg.distill.checkpoint_every_steps,
         "rate.calib_batches": cfg.rate.calib_batches, "retrain.max_steps": cfg.retrain.max_steps,
         "control.num_random": cfg.control.num_random, "retrain.warmup_epochs": cfg.retrain.warmup_epochs,
         "retrain.label_smoothing": cfg.retrain.label_smoothing, "retrain.dropout": cfg.retrain.dropout,
@@ -308,6 +313,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'retrain.ema_decay' must be in [0, 1), got {cfg.retrain.ema_decay}")
     if not 0.0 < cfg.retrain.decay_rate <= 1.0 or cfg.retrain.decay_epochs <= 0:
         raise ConfigError("config keys 'retrain.decay_rate' must be in (0, 1] and 'retrain.decay_epochs' > 0")
+    if cfg.distill.sampling not in ("uniform", "fair"):
+        raise ConfigError(f"config key 'distill.sampling': {cfg.distill.sampling!r} is not uniform or fair")
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
         raise ConfigError(f"config key 'data.image_size' must be at least 8, got {cfg.data.image_size}")
     from .search import parse_budget

@@ -157,12 +157,21 @@ def teacher_checkpoint(ctx: Context) -> Path | None:
     return None
 
 
+def supernet_epochs(ctx: Context) -> int | None:
+    """Epochs the run dir's distilled supernet has finished (None: no checkpoint)."""
+    import torch
+
+    p = ctx.path("checkpoints", "supernet_last.pt")
+    if not p.is_file():
+        return None
+    ck = torch.load(p, map_location="cpu", weights_only=True)
+    return int(ck.get("epoch", 0))
+
+
 def supernet_done(ctx: Context) -> bool:
-    """Whether distillation left a complete supernet checkpoint."""
-    mod = importlib.import_module("dna_fast.distill")
-    if hasattr(mod, "supernet_complete"):
-        return bool(mod.supernet_complete(ctx.run_dir))
-    return ctx.path("checkpoints", "supernet.pth").is_file()
+    """Whether distillation finished all ``distill.epochs`` epochs."""
+    done = supernet_epochs(ctx)
+    return done is not None and done >= ctx.cfg.distill.epochs
 
 
 def ratings_done(ctx: Context) -> bool:
@@ -219,8 +228,10 @@ def check_inputs(ctx: Context) -> None:
             raise StageInputError(f"stage distill/rate needs the trained teacher {teacher_checkpoint(ctx)}: run "
                                   "--stages teacher first (teacher.train=true)")
     if "rate" in sel and "distill" not in sel and stage_status("distill") is None and not supernet_done(ctx):
-        raise StageInputError(f"stage rate needs the distilled supernet in {ctx.run_dir}/checkpoints: run "
-                              "--stages distill first")
+        done = supernet_epochs(ctx)
+        have = "no supernet" if done is None else f"a supernet distilled for {done} of {cfg.distill.epochs} epochs"
+        raise StageInputError(f"stage rate needs the distilled supernet; {ctx.run_dir}/checkpoints holds {have}: "
+                              "run --stages distill first")
     if "search" in sel and "rate" not in sel and not ratings_done(ctx):
         raise StageInputError(f"stage search needs {ctx.run_dir}/ratings/block{{0..{ctx.space.num_blocks - 1}}}"
                               ".parquet: run --stages rate first")
@@ -322,20 +333,25 @@ def stage_teacher(ctx: Context) -> dict:
 
 
 def stage_distill(ctx: Context) -> dict:
+    """Distills the supernet into ``checkpoints/supernet_last.pt`` (resumes from it; done when all epochs are)."""
     from .distill import distill
     from .supernet import Supernet
 
     d = ctx.cfg.distill
     supernet = Supernet(ctx.space)
     teacher = build_teacher(ctx)
-    kwargs: dict[str, Any] = dict(epochs=d.epochs, device=ctx.device)
+    kwargs: dict[str, Any] = dict(epochs=d.epochs, device=ctx.device, seed=ctx.cfg.seed, sampling=d.sampling,
+                                  checkpoint_every_steps=d.checkpoint_every_steps, tensorboard=False,
+                                  progress=sys.stderr.isatty())
     if d.lr is not None:
-        kwargs["lr"] = d.lr
-    if d.max_steps:
-        kwargs["max_steps"] = d.max_steps
+        kwargs["lr"] = [d.lr] * ctx.space.num_blocks
+    if d.max_steps_per_epoch:
+        kwargs["max_steps_per_epoch"] = d.max_steps_per_epoch
     res = distill(supernet, teacher, ctx.loader("train"), ctx.run_dir, **kwargs)
-    ctx.log(f"[distill] done: {_short(res)}")
-    return res if isinstance(res, dict) else {}
+    losses = ", ".join(f"{x:.4g}" for x in res.get("block_losses", []))
+    ctx.log(f"[distill] epoch {res.get('epoch')} of {d.epochs}{' (resumed)' if res.get('resumed') else ''}; "
+            f"block losses {losses}")
+    return res
 
 
 def stage_rate(ctx: Context) -> dict:
@@ -602,7 +618,6 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, stages: Sequence[str] = STAG
     _init_distributed(ctx)
     if ctx.is_main:
         _write_config(ctx)
-    torch.manual_seed(cfg.seed)
     ran, skipped, results = [], {}, {}
     blocked: str | None = None
     for st in stages:
@@ -615,6 +630,7 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, stages: Sequence[str] = STAG
             log(f"[{st}] skipped: {skipped[st]}")
             continue
         t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed + STAGES.index(st))  # per stage: a stage run alone gives what a full run gives
         results[st] = _RUNNERS[st](ctx)
         ran.append(st)
         log(f"[{st}] {time.perf_counter() - t0:.1f} s")
