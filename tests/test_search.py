@@ -157,12 +157,13 @@ def test_medium_instance_against_brute_force():
     np.testing.assert_array_equal([a.loss for a in got], ref)
 
 
-def _vectorized_reference(tables, budget, k):
+def _vectorized_reference(tables, budget, k, weights=None):
     """All combinations through broadcasting (summing in block order, as the search does)."""
     loss = np.zeros(1)
     cost = {d: np.zeros(1) for d in budget}
-    for t in tables:
-        loss = (loss[:, None] + t["loss"].to_numpy()[None, :]).ravel()
+    for i, t in enumerate(tables):
+        w = 1.0 if weights is None else float(weights[i])
+        loss = (loss[:, None] + t["loss"].to_numpy() * w).ravel()
         for d in budget:
             cost[d] = (cost[d][:, None] + t[d].to_numpy(dtype=float)[None, :]).ravel()
     ok = np.all([cost[d] <= b for d, b in budget.items()], axis=0)
@@ -270,3 +271,54 @@ def test_run_search_stage_errors(tmp_path):
     with pytest.raises(ValueError, match="smallest achievable macs"):
         run_search_stage(tmp_path, ["macs=1K"], space="dna_mini")
     assert not (tmp_path / "search" / "results.json").exists()
+
+
+def test_synthetic_width_tables_against_brute_force():
+    tables = synthetic_tables(layers=[1, 1, 1], seed=4, noise=0.05, widths=[[8, 16], [24, 32], [40]])
+    assert [len(t) for t in tables] == [12, 24, 12]
+    for frac in (0.3, 0.6, 1.0):
+        lo = sum(int(t["macs"].min()) for t in tables)
+        hi = sum(int(t["macs"].max()) for t in tables)
+        _check_same(tables, {"macs": lo + frac * (hi - lo)}, 4)
+
+
+def test_calibrate_weights_recovers_true_weights():
+    from dna_fast.search import calibrate_weights
+
+    tables = synthetic_tables(layers=[2, 2, 1, 1], seed=6, noise=0.05)
+    rng = np.random.default_rng(0)
+    true_w = np.array([0.5, 2.0, 1.0, 0.5])
+    archs = [[t.index[int(rng.integers(len(t)))] for t in tables] for _ in range(12)]
+    losses = np.array([[t["loss"].loc[c] for t, c in zip(tables, a)] for a in archs])
+    acc = 75.0 - losses @ true_w
+    w = calibrate_weights(tables, archs, acc)
+    np.testing.assert_allclose(w, true_w / true_w.mean(), rtol=1e-6)
+    np.testing.assert_allclose(calibrate_weights(tables, archs, acc, nonnegative=False), w, rtol=1e-6)
+    # the fitted weights rank architectures by predicted accuracy
+    budget = {"macs": sum(float(t["macs"].median()) for t in tables)}
+    got = [a.loss for a in search(tables, budget, weights=w, top_k=3)]
+    np.testing.assert_array_equal(got, _vectorized_reference(tables, budget, 3, weights=w))
+    with pytest.raises(ValueError, match="do not decrease"):
+        calibrate_weights(tables, archs, 75.0 + losses @ true_w)
+    with pytest.raises(ValueError, match="at least 2"):
+        calibrate_weights(tables, archs[:1], acc[:1])
+
+
+def test_run_search_stage_with_latency(tmp_path):
+    pytest.importorskip("dna_fast.models")
+    import torch
+
+    from dna_fast._latency import latency_table
+    from dna_fast.report import run_search_stage
+
+    space = _write_ratings(tmp_path, "dna_mini")
+    lat = latency_table(space, "cpu", 1, torch.float32, warmup=0, repeats=1, num_threads=1)
+    lat.save(tmp_path / "latency.json")
+    free = run_search_stage(tmp_path, ["macs=1G"], top_k=20, space=space, latency=tmp_path / "latency.json")
+    lats = sorted(r["costs"]["latency_ms"] for r in free["budgets"][0]["results"])
+    for r in free["budgets"][0]["results"]:
+        assert r["costs"]["latency_ms"] == pytest.approx(lat.network_ms(space, r["choices"]))
+    cap = lats[len(lats) // 2]
+    out = run_search_stage(tmp_path, [{"latency_ms": cap}], top_k=3, space=space, latency=lat)
+    assert all(r["costs"]["latency_ms"] <= cap for r in out["budgets"][0]["results"])
+    assert out["budgets"][0]["results"][0]["loss"] >= free["budgets"][0]["results"][0]["loss"]
