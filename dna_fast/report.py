@@ -35,17 +35,22 @@ def load_tables(run_dir: str | os.PathLike) -> list[Any]:
     return [pd.read_parquet(p) for p in paths]
 
 
-def _load_space(run_dir: Path, space: Any):
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    cfg = run_dir / "config.yaml"
+    if not cfg.exists():
+        return {}
+    import yaml
+
+    with open(cfg) as f:
+        d = yaml.safe_load(f)
+    return d if isinstance(d, dict) else {}
+
+
+def _load_space(space: Any, cfg: Mapping[str, Any]):
     from .space import SearchSpace
 
     if space is None:
-        cfg = run_dir / "config.yaml"
-        if not cfg.exists():
-            return None
-        import yaml
-
-        with open(cfg) as f:
-            space = (yaml.safe_load(f) or {}).get("space")
+        space = cfg.get("space")
         if space is None:
             return None
     return space if isinstance(space, SearchSpace) else SearchSpace.load(space)
@@ -207,7 +212,7 @@ def run_search_stage(
     base_cost: Mapping[str, float] | None = None,
     latency: Any = None,
     image_size: Any = None,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     pareto_cost: str | None = None,
 ) -> dict[str, Any]:
     """Search stage: exact top-k per budget, the Pareto front, and the files under ``run_dir/search/``.
@@ -223,8 +228,9 @@ def run_search_stage(
             :func:`dna_fast.cost.base_cost` at ``image_size`` / ``num_classes``.
         latency: a :class:`dna_fast._latency.LatencyTable` (or its JSON path) adding a ``latency_ms`` column to
             tables that lack one.
-        image_size: image side for the base cost (default: the space's).
-        num_classes: classifier outputs for the base cost.
+        image_size: image side for the base cost (default: ``data.image_size`` of the run's config, else the
+            space's); it must be the size the rating tables' costs were computed at.
+        num_classes: classifier outputs for the base cost (default: the run config's ``num_classes``, else 1000).
         pareto_cost: cost of the front and the plot (default: the first budget's first cost, else ``macs``).
 
     Returns:
@@ -240,7 +246,12 @@ def run_search_stage(
     budgets = [parse_budget(b) if isinstance(b, str) else {k: float(v) for k, v in b.items()} for b in budgets]
     if not budgets:
         raise ValueError("run_search_stage needs at least one budget, e.g. 'macs=400M'")
-    space = _load_space(run_dir, space)
+    cfg = _run_config(run_dir)
+    space = _load_space(space, cfg)
+    if image_size is None:
+        image_size = (cfg.get("data") or {}).get("image_size")
+    if num_classes is None:
+        num_classes = cfg.get("num_classes") or 1000
     if space is not None and space.num_blocks != len(tables):
         raise ValueError(f"{len(tables)} rating tables in {run_dir / 'ratings'} but space {space.name} has "
                          f"{space.num_blocks} blocks")

@@ -322,3 +322,19 @@ def test_run_search_stage_with_latency(tmp_path):
     out = run_search_stage(tmp_path, [{"latency_ms": cap}], top_k=3, space=space, latency=lat)
     assert all(r["costs"]["latency_ms"] <= cap for r in out["budgets"][0]["results"])
     assert out["budgets"][0]["results"][0]["loss"] >= free["budgets"][0]["results"][0]["loss"]
+
+
+def test_run_search_stage_reads_run_config(tmp_path):
+    pytest.importorskip("dna_fast.models")
+    import yaml
+
+    from dna_fast.cost import base_cost
+    from dna_fast.report import run_search_stage
+
+    space = _write_ratings(tmp_path, "dna_mini")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"space": "dna_mini", "num_classes": 10,
+                                                          "data": {"image_size": 32}}))
+    out = run_search_stage(tmp_path, ["macs=5M"], top_k=1)
+    assert out["space"] == "dna_mini"
+    assert out["base_cost"] == {k: float(v) for k, v in base_cost(space, 32, 10).items()}
+    assert "arch_def" in out["budgets"][0]["results"][0]
