@@ -6,4 +6,8 @@ TORCH_LIBRARY(dna_fast, m) {
   m.def("scale_shift_swish(Tensor x, Tensor scale, Tensor shift) -> Tensor");
   // Gradient w.r.t. z = x * scale + shift: grad * swish'(z). Reductions for scale/shift happen in Python.
   m.def("scale_shift_swish_backward(Tensor grad, Tensor x, Tensor scale, Tensor shift) -> Tensor");
+  // swish(depthwise_conv(x, weight[C, 1, k, k], padding k // 2, stride) * scale + shift); with_sums: also the fp32
+  // per-(n, c) sums of the output over space [N, C] (else an empty [0] tensor).
+  m.def("dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, bool with_sums) "
+        "-> (Tensor, Tensor)");
 }

@@ -17,3 +17,23 @@ inline unsigned int grid_for(int64_t n, int threads = kThreads) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)blockDim.x * gridDim.x)
 
 }  // namespace dna_fast
+
+namespace dna_fast {
+
+// Sum of `v` over the block (blockDim.x a multiple of 32, at most 1024); the result is valid in thread 0.
+// Every thread of the block must call it (it synchronizes).
+__device__ __forceinline__ float block_reduce_sum(float v) {
+  __shared__ float warp_sums[32];
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // warp_sums may still be read by a previous call
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  const int nwarps = (blockDim.x + 31) >> 5;
+  v = threadIdx.x < nwarps ? warp_sums[threadIdx.x] : 0.f;
+  if (warp == 0)
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  return v;
+}
+
+}  // namespace dna_fast

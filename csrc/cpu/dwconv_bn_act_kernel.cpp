@@ -1,0 +1,238 @@
+// CPU kernel of dwconv_bn_act: depthwise conv (padding k / 2) + folded BN + swish (+ per-(n, c) spatial sums).
+//
+// Direct kernel (NCHW, wide planes, k <= 5): at::parallel_for over (n, c) planes; each plane is copied once, as fp32,
+// into a zero-padded thread-local buffer so the tap loops need no bounds checks, then each output row is computed
+// with the taps unrolled (K, S are template constants) and the row loop vectorized by the compiler (function clones
+// for AVX-512 / AVX2 / baseline, chosen at load time), BN + swish + sums applied while the row is in cache.
+// Elsewhere (channels_last, small planes, k = 7): ATen's depthwise conv in fp32, then one fused epilogue pass.
+// Tried and slower at the dna shapes: a direct channels_last kernel vectorized over C (one accumulator row in
+// memory per pixel: 3 loads + 1 store per FMA), and the direct NCHW kernel on 14x14 / 7x7 planes (rows shorter than
+// one AVX-512 vector run scalar).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "dna_fast/checks.h"
+#include "dna_fast/cpu_vec.h"
+#include "dna_fast/dwconv.h"
+#include "dna_fast/math.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DNA_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define DNA_CPU_CLONES
+#endif
+
+namespace dna_fast {
+namespace {
+
+// One output row of a plane: out[ox] = swish(sum_taps w * in_padded * scale + shift).
+template <int K, int S>
+DNA_ALWAYS_INLINE void dw_row(const float* __restrict__ in, int64_t Wp, const float* __restrict__ w,
+                              float* __restrict__ out, int64_t Wo, float scale, float shift) {
+  for (int64_t ox = 0; ox < Wo; ++ox) {
+    float acc = 0.f;
+#pragma GCC unroll 7
+    for (int ky = 0; ky < K; ++ky) {
+#pragma GCC unroll 7
+      for (int kx = 0; kx < K; ++kx) acc += w[ky * K + kx] * in[ky * Wp + ox * S + kx];
+    }
+    out[ox] = fast_swishf(acc * scale + shift);
+  }
+}
+
+// Sum of n floats with 16 independent partial sums (vectorizable without reassociation flags).
+DNA_ALWAYS_INLINE float row_sum(const float* __restrict__ v, int64_t n) {
+  float part[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) part[j] += v[i + j];
+  float s = 0.f;
+  for (; i < n; ++i) s += v[i];
+  for (int j = 0; j < 16; ++j) s += part[j];
+  return s;
+}
+
+template <int K, int S>
+DNA_ALWAYS_INLINE float dw_plane_impl(const float* in, int64_t Wp, const float* w, float* out, int64_t Ho,
+                                      int64_t Wo, float scale, float shift, bool with_sums) {
+  float sum = 0.f;
+  for (int64_t oy = 0; oy < Ho; ++oy) {
+    float* o = out + oy * Wo;
+    dw_row<K, S>(in + oy * S * Wp, Wp, w, o, Wo, scale, shift);
+    if (with_sums) sum += row_sum(o, Wo);
+  }
+  return sum;
+}
+
+// Computes one plane from the padded fp32 input into fp32 `out`; returns the sum of the outputs (0 if !with_sums).
+DNA_CPU_CLONES float dw_plane(int k, int s, const float* in, int64_t Wp, const float* w, float* out, int64_t Ho,
+                              int64_t Wo, float scale, float shift, bool with_sums) {
+#define DNA_DW_CASE(K_, S_) \
+  if (k == K_ && s == S_) return dw_plane_impl<K_, S_>(in, Wp, w, out, Ho, Wo, scale, shift, with_sums);
+  DNA_DW_CASE(3, 1) DNA_DW_CASE(3, 2) DNA_DW_CASE(5, 1) DNA_DW_CASE(5, 2) DNA_DW_CASE(7, 1) DNA_DW_CASE(7, 2)
+#undef DNA_DW_CASE
+  TORCH_INTERNAL_ASSERT(false, "dw_plane: unsupported k/stride");
+  return 0.f;
+}
+
+// Epilogue of the conv path on one contiguous run of n fp32 conv outputs: y = swish(z * scale + shift), scale/shift
+// either one value for the run (NCHW plane) or one per element (channels_last row of C). Returns the run's sum when
+// `part` is null; with `part` (channels_last) adds each y to part[j] instead.
+template <bool kPerElem>
+DNA_ALWAYS_INLINE void epilogue_run(const float* __restrict__ z, float* __restrict__ y, int64_t n,
+                                    const float* __restrict__ sc, const float* __restrict__ sh) {
+  for (int64_t j = 0; j < n; ++j) y[j] = fast_swishf(z[j] * sc[kPerElem ? j : 0] + sh[kPerElem ? j : 0]);
+}
+
+DNA_CPU_CLONES void epilogue_plane(const float* z, float* y, int64_t n, float sc, float sh) {
+  epilogue_run<false>(z, y, n, &sc, &sh);
+}
+
+DNA_CPU_CLONES void epilogue_row(const float* z, float* y, int64_t n, const float* sc, const float* sh) {
+  epilogue_run<true>(z, y, n, sc, sh);
+}
+
+DNA_CPU_CLONES void add_row(float* __restrict__ acc, const float* __restrict__ v, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) acc[j] += v[j];
+}
+
+template <typename scalar_t>
+void store_row(const float* src, scalar_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    std::copy(src, src + n, dst);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+  }
+}
+
+template <typename scalar_t>
+void run_nchw(const at::Tensor& x, const float* w, const float* sc, const float* sh, int64_t k, int64_t s,
+              at::Tensor& y, float* sums) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = y.size(2), Wo = y.size(3), pad = dw_pad(k);
+  const int64_t Hp = dw_in_extent(Ho, k, s), Wp = dw_in_extent(Wo, k, s);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> in(Hp * Wp), out(std::is_same_v<scalar_t, float> ? 0 : Ho * Wo);
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t c = p % C;
+      const scalar_t* src = xp + p * H * W;
+      // zero-padded fp32 copy of the rows/columns the outputs read
+      for (int64_t r = 0; r < Hp; ++r) {
+        float* dst = in.data() + r * Wp;
+        const int64_t iy = r - pad;
+        if (!dw_inside(iy, H)) {
+          std::fill(dst, dst + Wp, 0.f);
+          continue;
+        }
+        const int64_t ncopy = std::min(W, Wp - pad);
+        std::fill(dst, dst + pad, 0.f);
+        for (int64_t i = 0; i < ncopy; ++i) dst[pad + i] = static_cast<float>(src[iy * W + i]);
+        std::fill(dst + pad + ncopy, dst + Wp, 0.f);
+      }
+      float* o = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(yp + p * Ho * Wo) : out.data();
+      const float sum = dw_plane(static_cast<int>(k), static_cast<int>(s), in.data(), Wp, w + c * k * k, o, Ho, Wo,
+                                 sc[c], sh[c], sums != nullptr);
+      if (sums) sums[p] = sum;
+      if constexpr (!std::is_same_v<scalar_t, float>) store_row(o, yp + p * Ho * Wo, Ho * Wo);
+    }
+  });
+}
+
+// Any layout: the depthwise conv by ATen (oneDNN) in fp32, then one fused pass for BN + swish (+ sums) instead of
+// eager's three (mul, add, silu). Used where the direct kernel does not pay (small planes, k = 7, channels_last).
+template <typename scalar_t>
+void run_conv_epilogue(const at::Tensor& x, const at::Tensor& w, const float* sc, const float* sh, int64_t k,
+                       int64_t s, bool cl, at::Tensor& y, float* sums) {
+  const int64_t N = y.size(0), C = y.size(1), HWo = y.size(2) * y.size(3);
+  const at::Tensor z = contiguous_as(
+      at::conv2d(x.to(at::kFloat), w, {}, {s, s}, {dw_pad(k), dw_pad(k)}, {1, 1}, C), cl);
+  const float* zp = z.const_data_ptr<float>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  constexpr bool kF32 = std::is_same_v<scalar_t, float>;
+  if (!cl) {
+    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> buf(kF32 ? 0 : HWo);
+      for (int64_t p = b; p < e; ++p) {
+        float* o = kF32 ? reinterpret_cast<float*>(yp + p * HWo) : buf.data();
+        epilogue_plane(zp + p * HWo, o, HWo, sc[p % C], sh[p % C]);
+        if (sums) sums[p] = row_sum(o, HWo);
+        if constexpr (!kF32) store_row(o, yp + p * HWo, HWo);
+      }
+    });
+    return;
+  }
+  // channels_last: rows of C; sums per sample, so parallel over samples' row chunks with per-chunk partials
+  const int64_t chunk = std::max<int64_t>(1, (HWo + 7) / 8);
+  const int64_t nchunks = (HWo + chunk - 1) / chunk;
+  at::Tensor part = sums ? at::zeros({N, nchunks, C}, z.options()) : at::Tensor();
+  float* pp = sums ? part.mutable_data_ptr<float>() : nullptr;
+  at::parallel_for(0, N * nchunks, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> buf(C);
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t n = t / nchunks, r0 = (t % nchunks) * chunk, r1 = std::min(HWo, r0 + chunk);
+      for (int64_t r = n * HWo + r0; r < n * HWo + r1; ++r) {
+        float* o = kF32 ? reinterpret_cast<float*>(yp + r * C) : buf.data();
+        epilogue_row(zp + r * C, o, C, sc, sh);
+        if (pp) add_row(pp + t * C, o, C);
+        if constexpr (!kF32) store_row(o, yp + r * C, C);
+      }
+    }
+  });
+  if (sums) {
+    const at::Tensor total = part.sum(1);
+    std::copy(total.const_data_ptr<float>(), total.const_data_ptr<float>() + N * C, sums);
+  }
+}
+
+// The direct kernel wins on wide NCHW planes with k <= 5 (its row loop vectorizes over output columns); elsewhere
+// oneDNN's depthwise conv + the fused epilogue is faster (measured at the dna shapes, batch 16, see benchmarks/).
+inline bool use_direct(bool cl, int64_t k, int64_t Wo) { return !cl && k <= 5 && Wo >= 24; }
+
+std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cpu(const at::Tensor& x_, const at::Tensor& weight,
+                                                     const at::Tensor& scale_, const at::Tensor& shift_,
+                                                     int64_t stride, bool with_sums) {
+  check_dwconv_args(x_, weight, scale_, shift_, stride);
+  const bool cl = prefers_channels_last(x_);
+  const at::Tensor x = contiguous_as(x_, cl);
+  const int64_t N = x.size(0), C = x.size(1), k = weight.size(2);
+  const int64_t Ho = dw_out_size(x.size(2), k, stride), Wo = dw_out_size(x.size(3), k, stride);
+  at::Tensor y = at::empty({N, C, Ho, Wo}, x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast
+                                                                         : at::MemoryFormat::Contiguous));
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor sums = with_sums ? at::zeros({N, C}, f32) : at::empty({0}, f32);
+  if (y.numel() == 0) return {y, sums};
+  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  const at::Tensor scale = scale_.to(at::kFloat).contiguous(), shift = shift_.to(at::kFloat).contiguous();
+  float* sp = with_sums ? sums.mutable_data_ptr<float>() : nullptr;
+  // double runs through the fp32 kernel (the op computes in fp32)
+  if (x.scalar_type() == at::kDouble) {
+    auto [y32, s32] = dwconv_bn_act_cpu(x.to(at::kFloat), weight, scale, shift, stride, with_sums);
+    y.copy_(y32);
+    return {y, with_sums ? s32 : sums};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_bn_act_cpu", [&] {
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      if (use_direct(cl, k, Wo))
+        run_nchw<scalar_t>(x, w.const_data_ptr<float>(), scale.const_data_ptr<float>(),
+                           shift.const_data_ptr<float>(), k, stride, y, sp);
+      else
+        run_conv_epilogue<scalar_t>(x, w, scale.const_data_ptr<float>(), shift.const_data_ptr<float>(), k, stride, cl,
+                                    y, sp);
+    }
+  });
+  return {y, sums};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dna_fast, CPU, m) { m.impl("dwconv_bn_act", &dwconv_bn_act_cpu); }
+
+}  // namespace dna_fast
