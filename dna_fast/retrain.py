@@ -287,6 +287,7 @@ def train_model(
         row = {"epoch": epoch, "step": step, "lr": lr if n else 0.0, "train_loss": loss_sum / max(n, 1),
                "seconds": round(time.perf_counter() - t0, 2), "val_top1": None, "val_top5": None, "val_loss": None}
         if done or epoch % cfg.checkpoint_every == 0:
+            _sync_buffers(model, ema)
             row.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device, amp=cfg.amp,
                                                               channels_last=cfg.channels_last).items() if k != "n"})
         history.append(row)
@@ -298,6 +299,7 @@ def train_model(
         if done or epoch % cfg.checkpoint_every == 0:
             save(epoch)
 
+    _sync_buffers(model, ema)
     raw = evaluate(model, val_loader, device, amp=cfg.amp, channels_last=cfg.channels_last)
     res = RetrainResult(top1=raw["top1"], top5=raw["top5"], loss=raw["loss"], n_val=raw["n"], epochs=epoch,
                         steps=step, ema_decay=ema_decay, lr=base_lr, global_batch=global_batch)
@@ -312,6 +314,15 @@ def train_model(
     if rank == 0:
         _write_json_atomic(dict(res), metrics_path)
     return res
+
+
+def _sync_buffers(model: nn.Module, ema: Any) -> None:
+    """Under DDP the BN statistics drift apart per rank: give every rank rank 0's (what the checkpoint holds)."""
+    if _world()[1] <= 1:
+        return
+    for m in (model, ema.module if ema is not None else None):
+        for b in m.buffers() if m is not None else ():
+            dist.broadcast(b, 0)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

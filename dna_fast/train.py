@@ -607,6 +607,8 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, stages: Sequence[str] = STAG
     import torch
 
     run_dir = Path(run_dir)
+    if _dist_env()[0] != 0:
+        log = lambda s: None  # noqa: E731  (one rank reports)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ctx = Context(cfg, run_dir, stages, log)
