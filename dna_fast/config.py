@@ -104,10 +104,15 @@ class RateConfig:
     Attributes:
         num_batches: held-out batches each candidate is rated on.
         calib_batches: batches that recalibrate BatchNorm statistics per candidate (0: off).
+        batch_size: images per batch (default: ``data.batch_size``); rating reads the val split (label-free: only
+            the teacher's features are compared).
+        bf16: rate in bfloat16 on GPU (much faster; fp32 on CPU always).
     """
 
     num_batches: int = 4
     calib_batches: int = 2
+    batch_size: int | None = None
+    bf16: bool = True
 
 
 @dataclass

@@ -361,10 +361,20 @@ def stage_rate(ctx: Context) -> dict:
     r = ctx.cfg.rate
     supernet = load_supernet(ctx.run_dir, ctx.space)
     teacher = build_teacher(ctx)
-    res = rate(supernet, teacher, ctx.loader("val"), ctx.run_dir, num_batches=r.num_batches,
-               calib_batches=r.calib_batches, device=ctx.device)
-    ctx.log(f"[rate] wrote {ctx.run_dir}/ratings/block0..{ctx.space.num_blocks - 1}.parquet")
-    return res if isinstance(res, dict) else {}
+    import torch
+
+    dtype = torch.bfloat16 if r.bf16 and ctx.device.type == "cuda" else torch.float32
+    loader = ctx.loader("val", r.batch_size or ctx.cfg.data.batch_size)
+    if len(loader) < r.num_batches + r.calib_batches:
+        raise StageInputError(f"rate needs rate.calib_batches + rate.num_batches = {r.calib_batches + r.num_batches}"
+                              f" batches but the val split gives {len(loader)} of {loader.batch_size}: lower them or "
+                              "rate.batch_size")
+    res = rate(supernet.to(ctx.device), teacher.to(ctx.device), loader, ctx.run_dir, num_batches=r.num_batches,
+               calib_batches=r.calib_batches, device=ctx.device, dtype=dtype, progress=sys.stderr.isatty())
+    best = ", ".join(f"{t['loss'].min():.4g}" for t in res)
+    ctx.log(f"[rate] {sum(len(t) for t in res)} candidates rated -> {ctx.run_dir}/ratings/ (best loss per block: "
+            f"{best})")
+    return {"tables": len(res)}
 
 
 def stage_search(ctx: Context) -> dict:
