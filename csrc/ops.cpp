@@ -10,4 +10,10 @@ TORCH_LIBRARY(dna_fast, m) {
   // per-(n, c) sums of the output over space [N, C] (else an empty [0] tensor).
   m.def("dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, bool with_sums) "
         "-> (Tensor, Tensor)");
+  // SE gate per sample: sigmoid(w_expand @ swish(w_reduce @ pooled + b_reduce) + b_expand), pooled [N, C] -> [N, C].
+  m.def("se_gate(Tensor pooled, Tensor w_reduce, Tensor b_reduce, Tensor w_expand, Tensor b_expand) -> Tensor");
+  // conv1x1(x * gate[:, :, None, None], weight) * scale + shift (+ residual) -> [N, Co, H, W]; with target: the fp32
+  // per-sample sums of squared differences to the target [N] instead.
+  m.def("pw_project(Tensor x, Tensor gate, Tensor weight, Tensor scale, Tensor shift, Tensor? residual, "
+        "Tensor? target) -> Tensor");
 }

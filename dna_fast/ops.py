@@ -7,6 +7,9 @@ formula where training uses the op, and the public wrapper that dispatches to th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -183,3 +186,235 @@ if HAS_NATIVE:
         return grad_x, grad_w, grad_scale, grad_shift, None, None
 
     torch.library.register_autograd("dna_fast::dwconv_bn_act", _dw_backward, setup_context=_dw_setup)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# se_gate: the squeeze-excitation MLP of one layer, per sample
+# --------------------------------------------------------------------------------------------------------------
+
+
+def se_gate_reference(pooled: Tensor, w_reduce: Tensor, b_reduce: Tensor, w_expand: Tensor,
+                      b_expand: Tensor) -> Tensor:
+    """Plain PyTorch in fp32: ``sigmoid(silu(pooled @ w_reduce.T + b_reduce) @ w_expand.T + b_expand)``."""
+    h = torch.nn.functional.silu(torch.nn.functional.linear(pooled.float(), w_reduce.float(), b_reduce.float()))
+    return torch.sigmoid(torch.nn.functional.linear(h, w_expand.float(), b_expand.float())).to(pooled.dtype)
+
+
+def se_gate(pooled: Tensor, w_reduce: Tensor, b_reduce: Tensor, w_expand: Tensor, b_expand: Tensor) -> Tensor:
+    """Squeeze-excitation gate per sample: ``sigmoid(w_expand @ swish(w_reduce @ pooled + b_reduce) + b_expand)``.
+
+    Args:
+        pooled: [N, C] spatial means (timm's ``x.mean((2, 3))``).
+        w_reduce: [R, C] (timm's ``se.conv_reduce.weight`` without its 1x1 dims); b_reduce: [R].
+        w_expand: [C, R]; b_expand: [C].
+
+    Returns:
+        The gate [N, C] in ``pooled.dtype`` (computed in fp32). Not differentiable (inference / rating op).
+    """
+    if not HAS_NATIVE:
+        return se_gate_reference(pooled, w_reduce, b_reduce, w_expand, b_expand)
+    return torch.ops.dna_fast.se_gate(pooled, w_reduce, b_reduce, w_expand, b_expand)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pw_project: gated 1x1 projection + folded BN (+ residual), or its per-sample squared error to a target
+# --------------------------------------------------------------------------------------------------------------
+
+
+def pw_project_reference(x: Tensor, gate: Tensor, weight: Tensor, scale: Tensor, shift: Tensor,
+                         residual: Tensor | None = None, target: Tensor | None = None) -> Tensor:
+    """Plain PyTorch in fp32: ``conv2d(x * gate, weight) * scale + shift (+ residual)``, rounded to ``x.dtype``;
+    with ``target``, ``((out - target) ** 2).sum((1, 2, 3))`` in fp32 of that rounded output."""
+    z = torch.nn.functional.conv2d(x.float() * gate.float()[:, :, None, None], weight.float())
+    y = z * _per_channel(scale.float()) + _per_channel(shift.float())
+    if residual is not None:
+        y = y + residual.float()
+    out = y.to(x.dtype)
+    if target is None:
+        return out
+    return (out.float() - target.to(x.dtype).float()).square().sum((1, 2, 3))
+
+
+def pw_project(x: Tensor, gate: Tensor, weight: Tensor, scale: Tensor, shift: Tensor,
+               residual: Tensor | None = None, target: Tensor | None = None) -> Tensor:
+    """Fused gated 1x1 projection + folded BN (+ residual), timm's ``conv_pwl`` + ``bn3`` after the SE gate.
+
+    The gate is folded into per-sample weights, so ``x * gate`` is never materialized.
+
+    Args:
+        x: [N, C, H, W], fp32 / fp16 / bf16, any layout (output keeps NCHW / channels_last).
+        gate: [N, C] SE gate.
+        weight: [Co, C, 1, 1].
+        scale, shift: [Co] folded BN.
+        residual: optional [N, Co, H, W] added after BN (the MBConv skip).
+        target: optional [N, Co, H, W]; then the op returns, instead of the output, the per-sample sum of squared
+            differences between the output (rounded to ``x.dtype``) and the target, [N] fp32 (the rating loss).
+
+    Not differentiable (inference / rating op).
+    """
+    if not HAS_NATIVE:
+        return pw_project_reference(x, gate, weight, scale, shift, residual, target)
+    return torch.ops.dna_fast.pw_project(x, gate, weight, scale, shift, residual, target)
+
+
+if HAS_NATIVE:
+
+    @torch.library.register_fake("dna_fast::se_gate")
+    def _(pooled, w_reduce, b_reduce, w_expand, b_expand):
+        torch._check(pooled.dim() == 2, lambda: "se_gate: pooled must be 2-D [N, C]")
+        return pooled.new_empty(pooled.shape)
+
+    @torch.library.register_fake("dna_fast::pw_project")
+    def _(x, gate, weight, scale, shift, residual, target):
+        torch._check(x.dim() == 4, lambda: "pw_project: expected a 4-D input [N, C, H, W]")
+        if target is not None:
+            return x.new_empty((x.shape[0],), dtype=torch.float32)
+        y = x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+        return y.contiguous(memory_format=_suggested_format(x))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# mbconv_siblings: several MBConv ops of one layer on the same input in one call (the rating engine's sibling op)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class FoldedMBConv(NamedTuple):
+    """The weights of one MBConv op (timm ``InvertedResidual`` with SE) with every BatchNorm folded to scale/shift.
+
+    Shapes (C in, M mid, R SE width, Co out, k kernel): ``w_expand`` [M, C] (None when the op has no expansion,
+    then M = C), ``scale1``/``shift1`` [M]; ``w_dw`` [M, 1, k, k], ``scale2``/``shift2`` [M]; ``w_se_reduce``
+    [R, M], ``b_se_reduce`` [R], ``w_se_expand`` [M, R], ``b_se_expand`` [M]; ``w_project`` [Co, M],
+    ``scale3``/``shift3`` [Co].
+    """
+
+    w_expand: Tensor | None
+    scale1: Tensor | None
+    shift1: Tensor | None
+    w_dw: Tensor
+    scale2: Tensor
+    shift2: Tensor
+    w_se_reduce: Tensor
+    b_se_reduce: Tensor
+    w_se_expand: Tensor
+    b_se_expand: Tensor
+    w_project: Tensor
+    scale3: Tensor
+    shift3: Tensor
+
+
+def fold_bn(bn: torch.nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """(scale, shift) of an eval-mode BatchNorm: ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``."""
+    scale = bn.weight.detach().float() / torch.sqrt(bn.running_var.float() + bn.eps)
+    return scale, bn.bias.detach().float() - bn.running_mean.float() * scale
+
+
+def fold_mbconv(block: torch.nn.Module) -> FoldedMBConv:
+    """Folds a timm ``InvertedResidual`` (e.g. ``dna_fast.nn.MBConvOp``) with SE into a ``FoldedMBConv``.
+
+    Uses the BatchNorm running statistics (eval semantics).
+    """
+    has_pw = not isinstance(block.conv_pw, torch.nn.Identity)
+    s1, b1 = fold_bn(block.bn1) if has_pw else (None, None)
+    s2, b2 = fold_bn(block.bn2)
+    s3, b3 = fold_bn(block.bn3)
+    se = block.se
+    return FoldedMBConv(
+        block.conv_pw.weight.detach().flatten(1) if has_pw else None, s1, b1,
+        block.conv_dw.weight.detach(), s2, b2,
+        se.conv_reduce.weight.detach().flatten(1), se.conv_reduce.bias.detach(),
+        se.conv_expand.weight.detach().flatten(1), se.conv_expand.bias.detach(),
+        block.conv_pwl.weight.detach().flatten(1), s3, b3,
+    )
+
+
+def _check_siblings(x: Tensor, siblings: Sequence[FoldedMBConv], stride: int, residual: bool,
+                    target: Tensor | None) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"mbconv_siblings: expected a 4-D input [N, C, H, W], got {x.dim()}-D")
+    if not siblings:
+        raise ValueError("mbconv_siblings: no ops given")
+    co = {op.w_project.shape[0] for op in siblings}
+    if len(co) != 1:
+        raise ValueError(f"mbconv_siblings: all ops must have the same output channels, got {sorted(co)}")
+    if residual and (stride != 1 or co != {x.shape[1]}):
+        raise ValueError("mbconv_siblings: residual needs stride 1 and output channels == input channels")
+    for i, op in enumerate(siblings):
+        if op.w_expand is not None and op.w_expand.shape[1] != x.shape[1]:
+            raise ValueError(f"mbconv_siblings: op {i}: w_expand {tuple(op.w_expand.shape)} does not take "
+                             f"{x.shape[1]} input channels")
+    if target is not None:
+        n, c, h, w = x.shape
+        k = siblings[0].w_dw.shape[-1]
+        want = (n, co.pop(), _dw_out(h, k, stride), _dw_out(w, k, stride))
+        if tuple(target.shape) != want:
+            raise ValueError(f"mbconv_siblings: target must have shape {want}, got {tuple(target.shape)}")
+
+
+def mbconv_siblings_reference(x: Tensor, siblings: Sequence[FoldedMBConv], stride: int = 1, residual: bool = False,
+                              target: Tensor | None = None) -> Tensor:
+    """Plain PyTorch in fp32, one op after the other (the oracle of ``mbconv_siblings``)."""
+    _check_siblings(x, siblings, stride, residual, target)
+    silu, outs = torch.nn.functional.silu, []
+    xf = x.float()
+    for op in siblings:
+        h = xf
+        if op.w_expand is not None:
+            h = torch.nn.functional.conv2d(h, op.w_expand.float()[:, :, None, None])
+            h = silu(h * _per_channel(op.scale1.float()) + _per_channel(op.shift1.float()))
+        k = op.w_dw.shape[-1]
+        h = torch.nn.functional.conv2d(h, op.w_dw.float(), stride=stride, padding=k // 2, groups=h.shape[1])
+        h = silu(h * _per_channel(op.scale2.float()) + _per_channel(op.shift2.float()))
+        s = silu(torch.nn.functional.linear(h.mean((2, 3)), op.w_se_reduce.float(), op.b_se_reduce.float()))
+        g = torch.sigmoid(torch.nn.functional.linear(s, op.w_se_expand.float(), op.b_se_expand.float()))
+        y = torch.nn.functional.conv2d(h * g[:, :, None, None], op.w_project.float()[:, :, None, None])
+        y = y * _per_channel(op.scale3.float()) + _per_channel(op.shift3.float())
+        if residual:
+            y = y + xf
+        outs.append(y.to(x.dtype))
+    out = torch.stack(outs)
+    if target is None:
+        return out
+    return (out.float() - target.to(x.dtype).float()[None]).square().sum((2, 3, 4))
+
+
+def mbconv_siblings(x: Tensor, siblings: Sequence[FoldedMBConv], stride: int = 1, residual: bool = False,
+                    target: Tensor | None = None) -> Tensor:
+    """Evaluates several MBConv ops of one layer (siblings in the rating trie) on the same input in one call.
+
+    The expansions of all ops (any mix of kernel sizes and expansion ratios, e.g. DNA's six k3/5/7 x e3/6 ops) run as
+    one 1x1 GEMM over the concatenated expand weights plus one native ``scale_shift_swish`` over all mid channels (x
+    is read once); then per op the fused ``dwconv_bn_act`` (with the SE sums from the same pass), ``se_gate`` and
+    ``pw_project`` (whose epilogue adds the skip and, with a target, reduces the rating loss). Eval semantics: BN is
+    folded by the caller (``fold_mbconv``). Not differentiable.
+
+    Args:
+        x: [N, C, H, W] layer input, fp32 / fp16 / bf16, NCHW or channels_last.
+        siblings: K ops as ``FoldedMBConv`` tuples; all with the same output channels.
+        stride: depthwise stride (1 or 2) shared by the ops.
+        residual: add the skip connection ``x`` (needs stride 1 and Co == C).
+        target: optional [N, Co, H_out, W_out]; then return losses instead of outputs.
+
+    Returns:
+        Outputs stacked [K, N, Co, H_out, W_out] in ``x.dtype``, or with ``target`` the per-op per-sample sums of
+        squared differences [K, N] (fp32), i.e. K times ``pw_project(..., target=target)``.
+    """
+    _check_siblings(x, siblings, stride, residual, target)
+    expanded = [op for op in siblings if op.w_expand is not None]
+    mids: list[Tensor | None] = [None] * len(siblings)
+    if expanded:
+        w = torch.cat([op.w_expand for op in expanded]).to(x.dtype)[:, :, None, None]
+        h = torch.nn.functional.conv2d(x, w)
+        h = scale_shift_swish(h, torch.cat([op.scale1 for op in expanded]), torch.cat([op.shift1 for op in expanded]))
+        it = iter(torch.split(h, [op.w_expand.shape[0] for op in expanded], dim=1))
+        for i, op in enumerate(siblings):
+            if op.w_expand is not None:
+                mids[i] = next(it)
+    results = []
+    for i, op in enumerate(siblings):
+        h = x if mids[i] is None else mids[i]
+        y, sums = dwconv_bn_act(h, op.w_dw, op.scale2, op.shift2, stride, with_sums=True)
+        pooled = sums / max(1, y.shape[2] * y.shape[3])
+        gate = se_gate(pooled, op.w_se_reduce, op.b_se_reduce, op.w_se_expand, op.b_se_expand)
+        results.append(pw_project(y, gate, op.w_project[:, :, None, None], op.scale3, op.shift3,
+                                  x if residual else None, target))
+    return torch.stack(results)

@@ -127,3 +127,178 @@ def test_dwconv_user_errors(device):
         ops.dwconv_bn_act(x, torch.randn(4, 1, 3, 3, device=device), sc, sc, stride=3)
     with pytest.raises(RuntimeError, match="4-D"):
         ops.dwconv_bn_act(x[0], torch.randn(4, 1, 3, 3, device=device), sc, sc)
+
+
+# ---------------------------------------------------------------- se_gate
+
+
+def se_sample_inputs(device, dtype=torch.float32):
+    for n, c, r in ((4, 48, 6), (1, 144, 10), (0, 8, 2), (3, 1152, 48)):
+        yield (torch.randn(n, c, device=device).to(dtype), torch.randn(r, c, device=device) * 0.2,
+               torch.randn(r, device=device), torch.randn(c, r, device=device) * 0.3, torch.randn(c, device=device))
+    p = torch.randn(8, 40, device=device).to(dtype)[::2]  # non-contiguous rows
+    yield p, torch.randn(5, 40, device=device), torch.randn(5, device=device), torch.randn(40, 5, device=device), \
+        torch.randn(40, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+def test_se_gate_matches_reference(device, dtype):
+    for args in se_sample_inputs(device, dtype):
+        got, want = ops.se_gate(*args), ops.se_gate_reference(*args)
+        assert got.dtype == dtype and got.shape == args[0].shape
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_se_gate_opcheck_and_errors(device):
+    for args in se_sample_inputs(device):
+        torch.library.opcheck(torch.ops.dna_fast.se_gate, args)
+    p, wr, br, we, be = next(se_sample_inputs(device))
+    with pytest.raises(RuntimeError, match=r"w_reduce must be \[R, C\]"):
+        ops.se_gate(p, wr[:, :-1], br, we, be)
+    with pytest.raises(RuntimeError, match=r"w_expand must be \[C, R\]"):
+        ops.se_gate(p, wr, br, we.t(), be)
+    with pytest.raises(RuntimeError, match="2-D"):
+        ops.se_gate(p[None], wr, br, we, be)
+
+
+# ---------------------------------------------------------------- pw_project
+
+
+def pw_sample_inputs(device, dtype=torch.float32):
+    """(x, gate, weight, scale, shift, residual, target) with and without residual / target, over layouts."""
+    for i, (n, c, co, h, w) in enumerate(((2, 48, 24, 7, 9), (1, 144, 40, 5, 5), (0, 8, 8, 3, 3), (3, 16, 16, 1, 1))):
+        x = torch.randn(n, c, h, w, device=device).to(dtype)
+        x = list(_layouts(x))[i % 3]
+        gate = torch.rand(n, c, device=device)
+        weight = torch.randn(co, c, 1, 1, device=device) * c ** -0.5
+        sc, sh = torch.randn(co, device=device), torch.randn(co, device=device)
+        res = torch.randn(n, co, h, w, device=device).to(dtype)
+        tgt = torch.randn(n, co, h, w, device=device).to(dtype)
+        yield x, gate, weight, sc, sh, None, None
+        yield x, gate, weight, sc, sh, res, None
+        yield x, gate, weight, sc, sh, res.to(memory_format=torch.channels_last), tgt
+        yield x, gate, weight, sc, sh, None, tgt
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+def test_pw_project_matches_reference(device, dtype):
+    for args in pw_sample_inputs(device, dtype):
+        got, want = ops.pw_project(*args), ops.pw_project_reference(*args)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        if args[-1] is not None:  # losses: fp32 sums of squares of rounded outputs
+            rtol = 1e-5 if dtype == torch.float32 else 2e-2
+            torch.testing.assert_close(got, want, rtol=rtol, atol=1e-3)
+        else:
+            tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=3e-2)
+            torch.testing.assert_close(got, want, **tol)
+            if args[0].is_contiguous(memory_format=torch.channels_last) and args[0].shape[2] > 1:
+                assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pw_project_half_error_within_twice_pytorch(device):
+    x, gate = torch.randn(4, 144, 14, 14, device=device), torch.rand(4, 144, device=device)
+    w, sc, sh = torch.randn(40, 144, 1, 1, device=device) * 0.1, torch.randn(40, device=device), torch.randn(
+        40, device=device)
+    res = torch.randn(4, 40, 14, 14, device=device)
+    exact = ops.pw_project_reference(x, gate, w, sc, sh, res)
+    for dtype in HALF:
+        xh, gh, wh, rh = x.to(dtype), gate.to(dtype), w.to(dtype), res.to(dtype)
+        eager = F.conv2d(xh * gh[:, :, None, None], wh) * sc.to(dtype).view(1, -1, 1, 1) + sh.to(dtype).view(
+            1, -1, 1, 1) + rh
+        _half_ok(ops.pw_project(xh, gate, w, sc, sh, rh), eager, exact)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pw_project_opcheck_and_errors(device):
+    for args in pw_sample_inputs(device):
+        torch.library.opcheck(torch.ops.dna_fast.pw_project, args)
+    x, gate, w, sc, sh, _, tgt = list(pw_sample_inputs(device))[3]
+    with pytest.raises(RuntimeError, match=r"gate must be \[N, C\]"):
+        ops.pw_project(x, gate[:, :-1], w, sc, sh)
+    with pytest.raises(RuntimeError, match=r"weight must be \[Co, C, 1, 1\]"):
+        ops.pw_project(x, gate, w[:, :-1], sc, sh)
+    with pytest.raises(RuntimeError, match="target must be"):
+        ops.pw_project(x, gate, w, sc, sh, target=tgt[:, :-1])
+
+
+# ---------------------------------------------------------------- mbconv_siblings
+
+
+def _dna_layer(c_in, c_out, stride, kinds=((3, 3), (3, 6), (5, 3), (5, 6), (7, 3), (7, 6))):
+    """The six DNA ops of one layer as timm InvertedResidual modules with random BN statistics (eval mode)."""
+    from dna_fast.nn.mbconv import MBConvOp
+
+    mods = []
+    for k, e in kinds:
+        m = MBConvOp(f"ir_k{k}_e{e}_se0.25", c_in, c_out, stride).eval()
+        for bn in (m.bn1, m.bn2, m.bn3):
+            bn.running_mean.normal_(0, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.normal_(0, 0.2)
+        mods.append(m)
+    return mods
+
+
+def test_fold_mbconv_reference_matches_timm_module():
+    mods = _dna_layer(16, 16, 1)
+    x = torch.randn(2, 16, 9, 9)
+    want = torch.stack([m(x) for m in mods]).detach()
+    got = ops.mbconv_siblings_reference(x, [ops.fold_mbconv(m) for m in mods], 1, residual=True)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mbconv_siblings_matches_reference(device, dtype):
+    for c_in, c_out, stride, hw, cl in ((16, 16, 1, 11, False), (16, 24, 2, 9, True)):
+        folded = [ops.FoldedMBConv(*[None if t is None else t.to(device) for t in ops.fold_mbconv(m)])
+                  for m in _dna_layer(c_in, c_out, stride)]
+        x = torch.randn(3, c_in, hw, hw, device=device).to(dtype)
+        x = x.to(memory_format=torch.channels_last) if cl else x
+        res = c_in == c_out and stride == 1
+        got = ops.mbconv_siblings(x, folded, stride, residual=res)
+        want = ops.mbconv_siblings_reference(x, folded, stride, residual=res)
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)
+        torch.testing.assert_close(got, want, **tol)
+        target = torch.randn(want.shape[1:], device=device).to(dtype)
+        losses = ops.mbconv_siblings(x, folded, stride, residual=res, target=target)
+        assert losses.shape == (len(folded), 3) and losses.dtype == torch.float32
+        torch.testing.assert_close(losses, ops.mbconv_siblings_reference(x, folded, stride, res, target),
+                                   rtol=1e-4 if dtype == torch.float32 else 3e-2, atol=1e-3)
+
+
+def test_mbconv_siblings_user_errors():
+    folded = [ops.fold_mbconv(m) for m in _dna_layer(8, 16, 1, kinds=((3, 3), (5, 6)))]
+    x = torch.randn(1, 8, 5, 5)
+    with pytest.raises(ValueError, match="residual needs stride 1"):
+        ops.mbconv_siblings(x, folded, 1, residual=True)
+    with pytest.raises(ValueError, match="does not take 4 input channels"):
+        ops.mbconv_siblings(x[:, :4], folded)
+    with pytest.raises(ValueError, match="target must have shape"):
+        ops.mbconv_siblings(x, folded, target=torch.randn(1, 16, 4, 4))
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    mods = _dna_layer(8, 8, 1, kinds=((3, 3), (5, 6)))
+    folded = [ops.FoldedMBConv(*[None if t is None else t.to(device) for t in ops.fold_mbconv(m)]) for m in mods]
+    x, target = torch.randn(2, 8, 6, 6, device=device), torch.randn(2, 8, 6, 6, device=device)
+    op = folded[0]
+
+    def f(x, target):
+        y, sums = ops.dwconv_bn_act(x, torch.ones(8, 1, 3, 3, device=device), op.scale3, op.shift3, 1, True)
+        g = ops.se_gate(sums / 36, op.w_se_reduce[:, :8], op.b_se_reduce, op.w_se_expand[:8], op.b_se_expand[:8])
+        loss = ops.pw_project(y, g, op.w_project[:, :8, None, None], op.scale3, op.shift3, x, target)
+        return loss + ops.mbconv_siblings(x, folded, 1, True, target).sum(0)
+
+    compiled = torch.compile(f, fullgraph=True)
+    torch.testing.assert_close(compiled(x, target), f(x, target))
