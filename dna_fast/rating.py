@@ -195,12 +195,14 @@ def _check_shapes(space: SearchSpace, i: int, pairs, calib) -> None:
 @torch.no_grad()
 def rate_block_naive(supernet: nn.Module, i: int, batches: Iterable, *, calib: Iterable | None = None,
                      dtype: torch.dtype | None = None, device: Any = None, chunk_size: int | None = None,
-                     latency: LatencySpec = None, progress: bool = False, image_size: Any = None):
+                     latency: LatencySpec = None, progress: bool = False, image_size: Any = None,
+                     candidates: Sequence[int] | None = None):
     """Reference rating of every candidate of block ``i``, one candidate at a time (see ``rate_block``).
 
     For each candidate: a deep copy of its path (the stem first for block 0), with ``calib`` its BNs reset and
     recalibrated (``recalibrate_bn``), then its full forward on every batch in eval mode. ``dtype`` other than fp32
-    runs under ``torch.autocast``. ``chunk_size`` is accepted for symmetry and ignored.
+    runs under ``torch.autocast``. ``chunk_size`` is accepted for symmetry and ignored; ``candidates`` as in
+    ``rate_block``.
     """
     space = supernet.space
     device, dtype = _device_dtype(supernet, device, dtype)
@@ -211,14 +213,21 @@ def rate_block_naive(supernet: nn.Module, i: int, batches: Iterable, *, calib: I
     block = supernet.blocks[i]
     cands = space.candidates(i)
     sse = np.zeros(len(cands))
+    wanted = None if candidates is None else {int(j) for j in candidates}
     it = cands
     if progress:
         from tqdm import tqdm
 
         it = tqdm(cands, desc=f"block {i} (naive)", unit="cand")
     for j, cand in enumerate(it):
+        if candidates is not None and j not in wanted:
+            sse[j] = np.nan
+            continue
         mods = ([block.stem] if block.stem is not None else []) + supernet.path_modules(i, cand)
-        path = copy.deepcopy(nn.Sequential(*mods)).to(device).eval()
+        path = nn.Sequential(*mods)
+        if calib_x is not None:  # recalibration mutates the BNs: work on a private copy of the path
+            path = copy.deepcopy(path)
+        path = path.to(device).eval()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             if calib_x is not None:
                 recalibrate_bn(path, calib_x)
@@ -279,3 +288,164 @@ def rate_block(supernet: nn.Module, i: int, batches: Iterable, *, calib: Iterabl
                          progress=progress, candidates=candidates)
     size = image_size or _image_size(space, i, pairs[0][0])
     return rating_table(space, i, sse, count, tvar, size, latency)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# all blocks of a run
+
+
+def _images(batch: Any) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, Mapping):
+        for key in ("images", "image", "data", "input"):
+            if key in batch:
+                return batch[key]
+    raise ValueError(f"the loader yields {type(batch).__name__}: expected images, (images, labels) or a mapping with "
+                     "'images'")
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _write_parquet_atomic(df, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    df.to_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def load_ratings(run_dir: str | Path, num_blocks: int | None = None) -> list:
+    """Read ``run_dir/ratings/block{i}.parquet`` for every block (all files found when ``num_blocks`` is None)."""
+    import pandas as pd
+
+    d = Path(run_dir) / "ratings"
+    if num_blocks is None:
+        num_blocks = 0
+        while (d / f"block{num_blocks}.parquet").is_file():
+            num_blocks += 1
+    out = []
+    for i in range(num_blocks):
+        p = d / f"block{i}.parquet"
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist: run the rate stage (dna_fast.rate) first")
+        out.append(pd.read_parquet(p))
+    return out
+
+
+@torch.no_grad()
+def _collect(teacher: Any, loader: Iterable, blocks: Sequence[int], num_batches: int, calib_batches: int,
+             device: torch.device) -> tuple[dict[int, list], dict[int, list]]:
+    """One teacher forward per batch: the first ``calib_batches`` batches give calibration inputs, the next
+    ``num_batches`` the rated (input, target) pairs of every requested block (kept on the CPU)."""
+    pairs: dict[int, list] = {i: [] for i in blocks}
+    calib: dict[int, list] = {i: [] for i in blocks}
+    seen = 0
+    for batch in loader:
+        if seen >= calib_batches + num_batches:
+            break
+        images = _images(batch).to(device)
+        bp = teacher.block_pairs(images)
+        for i in blocks:
+            x, t = bp[i]
+            if seen < calib_batches:
+                calib[i].append(x.detach().float().cpu())
+            else:
+                pairs[i].append((x.detach().float().cpu(), t.detach().float().cpu()))
+        seen += 1
+    if seen < calib_batches + 1:
+        raise ValueError(f"the loader gave {seen} batches: rating needs calib_batches={calib_batches} plus at least "
+                         "one rated batch")
+    return pairs, calib
+
+
+def rate(supernet: nn.Module, teacher: Any, loader: Iterable, run_dir: str | Path, *, num_batches: int = 20,
+         calib_batches: int = 0, dtype: torch.dtype | None = None, device: Any = None,
+         blocks: Sequence[int] | None = None, progress: bool = True, chunk_size: int | None = None) -> list:
+    """Rate every candidate of every block and write ``run_dir/ratings/block{i}.parquet`` as each block finishes.
+
+    A block whose file exists is read back, not re-rated (resume). One teacher forward per batch feeds all blocks:
+    the loader's first ``calib_batches`` batches recalibrate BN per candidate (0: stored statistics), the next
+    ``num_batches`` are rated. Under torchrun (``torch.distributed`` initialized) every rank rates its share of
+    each block's candidates on rank 0's batches and rank 0 gathers and writes the tables.
+
+    Args:
+        supernet: the distilled ``Supernet``.
+        teacher: object with ``block_pairs(images) -> [(block input, teacher target), ...]`` (``dna_fast.Teacher``).
+        loader: held-out data, yielding images or (images, labels).
+        run_dir: the run directory.
+        num_batches: rated batches.
+        calib_batches: BN recalibration batches (0: off).
+        dtype: compute dtype of the engine (default fp32; bf16 on GPU is much faster).
+        device: compute device (default: the supernet's).
+        blocks: which blocks (default all).
+        progress: show progress (candidates/s).
+        chunk_size: see ``rate_block``.
+
+    Returns:
+        The rating table of every requested block (``rate_block``'s format), on every rank.
+    """
+    import pandas as pd
+    import torch.distributed as dist
+
+    space = supernet.space
+    device, dtype = _device_dtype(supernet, device, dtype)
+    rank, world = _dist()
+    blocks = list(range(space.num_blocks)) if blocks is None else [int(b) for b in blocks]
+    out_dir = Path(run_dir) / "ratings"
+    paths = {i: out_dir / f"block{i}.parquet" for i in blocks}
+    todo = [i for i in blocks if not paths[i].is_file()]
+    if world > 1:  # every rank must agree on what is left
+        obj = [todo]
+        dist.broadcast_object_list(obj, src=0)
+        todo = obj[0]
+    pairs: dict[int, list] = {}
+    calib: dict[int, list] = {}
+    if todo:
+        if rank == 0:
+            pairs, calib = _collect(teacher, loader, todo, num_batches, calib_batches, device)
+        if world > 1:  # the same batches on every rank
+            obj = [(pairs, calib)]
+            dist.broadcast_object_list(obj, src=0)
+            pairs, calib = obj[0]
+    supernet.eval()
+    show = progress and rank == 0
+    tables = {}
+    for i in blocks:
+        if i not in todo:
+            tables[i] = pd.read_parquet(paths[i])
+            if show:
+                print(f"[rate] block {i}: {paths[i]} exists, skipped", flush=True)
+            continue
+        n = space.num_candidates(i)
+        mine = np.array_split(np.arange(n), world)[rank] if world > 1 else None
+        t0 = time.perf_counter()
+        df = rate_block(supernet, i, pairs[i], calib=calib[i] or None, dtype=dtype, device=device,
+                        chunk_size=chunk_size, progress=show, candidates=mine)
+        if world > 1:
+            losses = [None] * world
+            dist.all_gather_object(losses, df["loss"].to_numpy())
+            merged = np.full(len(df), np.nan)
+            for arr in losses:
+                ok = ~np.isnan(arr)
+                merged[ok] = arr[ok]
+            _, tvar = _target_stats(pairs[i])
+            df["loss"] = merged
+            df["rel_loss"] = merged / tvar if tvar > 0 else merged * np.nan
+        dt = time.perf_counter() - t0
+        if rank == 0:
+            _write_parquet_atomic(df, paths[i])
+        if world > 1:
+            dist.barrier()
+        if show:
+            print(f"[rate] block {i}: {n} candidates in {dt:.1f} s ({n / max(dt, 1e-9):.1f} candidates/s) -> "
+                  f"{paths[i]}", flush=True)
+        tables[i] = df
+    return [tables[i] for i in blocks]

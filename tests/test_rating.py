@@ -1,0 +1,287 @@
+"""Rating (issue 9): the trie engine equals the one-candidate-at-a-time reference, tables, low precision, ``rate``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from dna_fast.cost import candidate_cost
+from dna_fast.rating import load_ratings, rate, rate_block, rate_block_naive, rating_table
+from dna_fast.space import SearchSpace
+from dna_fast.supernet import Supernet
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # NOTE the test machine is shared: OpenMP barriers of 2 threads under load cost more than they give
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _perturb_bn(model: nn.Module, seed: int = 0) -> None:
+    """Make the stored BN statistics and affine parameters matter (fresh BNs are the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+
+
+def _data(space: SearchSpace, i: int, image_size, batch: int, n: int, seed: int, calib: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    (ci, hi, wi), (co, ho, wo) = space.block_io_shapes(image_size)[i]
+    pairs = [(torch.randn(batch, ci, hi, wi, generator=g), torch.randn(batch, co, ho, wo, generator=g))
+             for _ in range(n)]
+    cal = [torch.randn(batch + 1, ci, hi, wi, generator=g) * 1.5 + 0.3 for _ in range(calib)]
+    return pairs, cal or None
+
+
+def _assert_same(fast: pd.DataFrame, ref: pd.DataFrame, rtol: float = 1e-4) -> None:
+    assert list(fast.index) == list(ref.index)
+    assert list(fast.columns) == list(ref.columns)
+    rel = np.abs(fast["loss"].to_numpy() - ref["loss"].to_numpy()) / np.abs(ref["loss"].to_numpy())
+    assert rel.max() <= rtol, f"max relative difference {rel.max():.3g} at {fast.index[int(rel.argmax())]}"
+    for c in ("params", "macs"):
+        assert (fast[c].to_numpy() == ref[c].to_numpy()).all()
+
+
+@pytest.fixture(scope="module")
+def mini():
+    torch.manual_seed(0)
+    sn = Supernet("dna_mini").eval()
+    _perturb_bn(sn)
+    return sn
+
+
+@pytest.mark.parametrize("with_calib", [False, True], ids=["stored-bn", "calib"])
+@pytest.mark.parametrize("i", [0, 1, 2, 3])
+def test_exact_dna_mini(mini, i, with_calib):
+    pairs, cal = _data(mini.space, i, 16, batch=2, n=2, seed=i, calib=2 if with_calib else 0)
+    ref = rate_block_naive(mini, i, pairs, calib=cal)
+    fast = rate_block(mini, i, pairs, calib=cal)
+    _assert_same(fast, ref)
+    assert list(fast.index) == [str(c) for c in mini.space.candidates(i)]
+    assert fast["loss"].nunique() == len(fast)  # every candidate rated on its own path
+
+
+def test_calib_changes_losses(mini):
+    pairs, cal = _data(mini.space, 2, 16, batch=2, n=1, seed=5, calib=1)
+    a = rate_block(mini, 2, pairs)["loss"].to_numpy()
+    b = rate_block(mini, 2, pairs, calib=cal)["loss"].to_numpy()
+    assert np.abs(a - b).min() > 0  # recalibration reached every BN of every path
+
+
+def test_chunks_and_subset(mini):
+    pairs, cal = _data(mini.space, 1, 16, batch=3, n=2, seed=7, calib=2)
+    full = rate_block(mini, 1, pairs, calib=cal)
+    chunked = rate_block(mini, 1, pairs, calib=cal, chunk_size=2)
+    _assert_same(chunked, full, rtol=1e-5)
+    pick = [0, 5, 17, 40, 79]
+    sub = rate_block(mini, 1, pairs, calib=cal, candidates=pick)
+    loss = sub["loss"].to_numpy()
+    assert np.isnan(np.delete(loss, pick)).all()
+    np.testing.assert_allclose(loss[pick], full["loss"].to_numpy()[pick], rtol=1e-5)
+
+
+def _dna_first_blocks():
+    spec = SearchSpace.load("dna").to_dict()
+    spec["blocks"] = spec["blocks"][:2]  # block 1 exactly as in dna, without building the big blocks
+    return SearchSpace.from_dict(spec, name="dna_b01")
+
+
+def test_exact_dna_block1():
+    torch.manual_seed(1)
+    sn = Supernet(_dna_first_blocks()).eval()
+    _perturb_bn(sn, 1)
+    pairs, cal = _data(sn.space, 1, 32, batch=2, n=1, seed=3, calib=1)  # 48x8x8 -> 80x4x4
+    assert pairs[0][0].shape[1:] == (48, 8, 8) and pairs[0][1].shape[1:] == (80, 4, 4)
+    _assert_same(rate_block(sn, 1, pairs), rate_block_naive(sn, 1, pairs))
+    # with calib the reference recalibrates every candidate: every 5th candidate keeps the test short
+    some = list(range(0, 1296, 5))
+    fast = rate_block(sn, 1, pairs, calib=cal)
+    ref = rate_block_naive(sn, 1, pairs, calib=cal, candidates=some)
+    _assert_same(fast.iloc[some], ref.iloc[some])
+
+
+@pytest.mark.slow
+def test_exact_dna_block1_bigger():
+    torch.manual_seed(2)
+    sn = Supernet(_dna_first_blocks()).eval()
+    _perturb_bn(sn, 2)
+    pairs, cal = _data(sn.space, 1, 96, batch=4, n=2, seed=4, calib=2)  # 48x24x24 -> 80x12x12
+    for c in (None, cal):
+        _assert_same(rate_block(sn, 1, pairs, calib=c, chunk_size=3), rate_block_naive(sn, 1, pairs, calib=c))
+
+
+def test_table_columns_and_costs(mini):
+    space = mini.space
+    pairs, _ = _data(space, 1, 32, batch=2, n=1, seed=0)
+    df = rate_block(mini, 1, pairs)
+    cands = space.candidates(1)
+    for j in (0, 13, len(cands) - 1):
+        c = candidate_cost(space, 1, cands[j], image_size=32)
+        assert (df["params"].iloc[j], df["macs"].iloc[j]) == (c["params"], c["macs"])
+    t = pairs[0][1]
+    var = float(t.double().var(unbiased=False))
+    np.testing.assert_allclose(df["rel_loss"], df["loss"] / var, rtol=1e-6)
+    assert "in_width" not in df.columns  # dna_mini block 1: one width, previous block one width
+    lat = rate_block(mini, 1, pairs, latency={str(c): 0.5 * j for j, c in enumerate(cands)})
+    np.testing.assert_allclose(lat["latency_ms"], 0.5 * np.arange(len(cands)))
+
+
+def test_table_width_cells():
+    space = SearchSpace.load("dna_cells")  # block 4: cells of widths 160 / 192 after block 3's widths 96 / 112
+    i = 4
+    cands = space.candidates(i)
+    sse = np.arange(len(cands), dtype=float) + 1
+    df = rating_table(space, i, sse, count=10, target_var=2.0, image_size=(224, 224))
+    assert len(df) == 2 * len(cands)
+    assert list(df.index[::2]) == [str(c) for c in cands]  # candidates(i) order, input width inner
+    assert set(df["in_width"]) == {96, 112}
+    for j in (0, 2 * len(cands) - 1, 777):
+        row = df.iloc[j]
+        cand = space.parse(i, df.index[j])
+        assert row["out_width"] == space.blocks[i].cells[cand.cell].width
+        c = candidate_cost(space, i, cand, image_size=224, child_in_chs=int(row["in_width"]))
+        assert (row["params"], row["macs"]) == (c["params"], c["macs"])
+        assert row["loss"] == sse[j // 2] / 10
+
+
+def test_bad_inputs(mini):
+    pairs, _ = _data(mini.space, 1, 16, batch=2, n=1, seed=0)
+    with pytest.raises(ValueError, match="expected"):
+        rate_block(mini, 1, [(pairs[0][1], pairs[0][1])])
+    with pytest.raises(ValueError, match="at least one"):
+        rate_block(mini, 1, [])
+
+
+def _kendall(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_ranking(dtype):
+    torch.manual_seed(3)
+    sn = Supernet("dna_mini").eval()
+    _perturb_bn(sn, 3)
+    space, i = sn.space, 2
+    # a trained-like block: the target is one candidate's output, so the losses spread over orders of magnitude
+    g = torch.Generator().manual_seed(9)
+    (ci, h, w), _ = space.block_io_shapes(32)[i]
+    xs = [torch.randn(4, ci, h, w, generator=g) for _ in range(2)]
+    teacher_path = space.candidates(i)[37]
+    with torch.no_grad():
+        pairs = [(x, sn.forward_block(i, x, teacher_path) + 0.05 * torch.randn(1)) for x in xs]
+    ref = rate_block(sn, i, pairs)["loss"].to_numpy()
+    low = rate_block(sn, i, pairs, dtype=dtype)["loss"].to_numpy()
+    assert ref.argmin() == 37
+    assert low.argmin() == ref.argmin()
+    assert _kendall(ref, low) >= 0.98
+    np.testing.assert_allclose(low, ref, rtol=0.1, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rate(): all blocks, files, resume, ranks
+
+
+class _FakeTeacher:
+    """Frozen random convs with the stage shapes of a space; ``block_pairs`` like ``dna_fast.Teacher``."""
+
+    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        chs, reds = space.teacher.stage_chs, space.teacher.stage_reductions
+        self.stages = []
+        cin, red = 3, 1
+        for c, r in zip(chs, reds):
+            s = r // red
+            self.stages.append(nn.Conv2d(cin, c, 3, s, 1).eval())
+            cin, red = c, r
+        self.space = space
+
+    @torch.no_grad()
+    def block_pairs(self, images):
+        feats, x = [], images
+        for st in self.stages:
+            x = torch.tanh(st(x))
+            feats.append(x)
+        out = []
+        for b in self.space.blocks:
+            inp = images if b.index == 0 else feats[self.space.blocks[b.index - 1].teacher_stage]
+            out.append((inp, feats[b.teacher_stage]))
+        return out
+
+
+def _loader(n: int, batch: int = 2, size: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, size, size, generator=g), torch.zeros(batch, dtype=torch.long)) for _ in range(n)]
+
+
+def test_rate_writes_resumes_and_matches(mini, tmp_path, monkeypatch):
+    teacher = _FakeTeacher(mini.space)
+    loader = _loader(3)
+    tables = rate(mini, teacher, loader, tmp_path, num_batches=2, calib_batches=1, progress=False)
+    assert len(tables) == mini.space.num_blocks
+    for i, df in enumerate(tables):
+        assert (tmp_path / "ratings" / f"block{i}.parquet").is_file()
+        bp = [teacher.block_pairs(x) for x, _ in loader]
+        ref = rate_block(mini, i, [b[i] for b in bp[1:]], calib=[bp[0][i][0]])
+        _assert_same(df, ref, rtol=1e-6)
+    assert not list((tmp_path / "ratings").glob(".*tmp*"))
+    # a re-run reads the finished blocks back and rates only what is missing
+    os.remove(tmp_path / "ratings" / "block2.parquet")
+    calls = []
+    import dna_fast.rating as rating
+
+    real = rating.rate_block
+    monkeypatch.setattr(rating, "rate_block", lambda sn, i, *a, **k: calls.append(i) or real(sn, i, *a, **k))
+    again = rate(mini, teacher, loader, tmp_path, num_batches=2, calib_batches=1, progress=False)
+    assert calls == [2]
+    for a, b in zip(again, tables):
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6)
+    assert len(load_ratings(tmp_path)) == mini.space.num_blocks
+
+
+def _rank_main(rank: int, world: int, init: str, run_dir: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        sn = Supernet("dna_mini").eval()
+        _perturb_bn(sn)
+        loader = _loader(3, seed=rank)  # different data per rank: rank 0's batches must be used everywhere
+        tables = rate(sn, _FakeTeacher(sn.space), loader, run_dir, num_batches=2, calib_batches=1,
+                      blocks=[1, 3], progress=False)
+        torch.save([t["loss"].to_numpy() for t in tables], f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_rate_two_ranks_gloo(mini, tmp_path):
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'store'}"
+    mp.spawn(_rank_main, args=(2, init, str(tmp_path / "run"), str(tmp_path / "out")), nprocs=2, join=True)
+    single = rate(mini, _FakeTeacher(mini.space), _loader(3, seed=0), tmp_path / "single", num_batches=2,
+                  calib_batches=1, blocks=[1, 3], progress=False)
+    for rank in range(2):
+        got = torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=False)
+        for a, t in zip(got, single):
+            np.testing.assert_allclose(a, t["loss"].to_numpy(), rtol=1e-6)
+    for i, t in zip([1, 3], single):
+        on_disk = pd.read_parquet(tmp_path / "run" / "ratings" / f"block{i}.parquet")
+        np.testing.assert_allclose(on_disk["loss"], t["loss"], rtol=1e-6)
