@@ -42,6 +42,7 @@ __all__ = [
 
 COST_COLUMNS = ("macs", "params", "latency_ms")
 _WIDTH_COLUMNS = ("in_width", "out_width")
+_PAIR_CHUNK = 2_000_000  # (state, candidate) pairs formed at once in the DP
 _REL_EPS = 1e-9  # slack of the pruning bounds (pruning less is always safe; the final check is exact)
 
 
@@ -236,19 +237,50 @@ def _layers_2d(cost: np.ndarray, loss: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def _layers(cost: np.ndarray, loss: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
-    """First ``k`` non-dominated layers inside each group (width state)."""
-    fn = _layers_1d if cost.shape[1] <= 1 else _layers_2d if cost.shape[1] == 2 else _layers_nd
-    flat = (lambda c: c[:, 0]) if cost.shape[1] == 1 else (lambda c: c)
+def _few_dominators(cost: np.ndarray, loss: np.ndarray, k: int) -> np.ndarray:
+    """Cheap exact pre-filter for several costs: False for points that have >= k dominators among a small set of
+    strong points (the first k layers of each single cost against the loss). Such points can go: every point
+    with >= k dominators has >= k dominators with fewer than k dominators of their own."""
+    n = len(loss)
+    strong = np.flatnonzero(np.any([_layers_1d(cost[:, d], loss, k) for d in range(cost.shape[1])], axis=0))
+    count = np.zeros(n, dtype=np.int64)
+    pos = np.arange(n)
+    for s0 in range(0, len(strong), 64):
+        sp = strong[s0 : s0 + 64]
+        ls = loss[sp][:, None]
+        le = ls <= loss[None]
+        strict = (ls < loss[None]) | (sp[:, None] < pos[None])  # the strict order breaks exact ties by position
+        for d in range(cost.shape[1]):  # per column: cheaper than reducing a trailing axis of length 2
+            cs, cd = cost[sp, d][:, None], cost[None, :, d]
+            le &= cs <= cd
+            strict |= cs < cd
+        count += (le & strict).sum(0)
+    return count < k
+
+
+def _layers_group(cost: np.ndarray, loss: np.ndarray, k: int) -> np.ndarray:
     if cost.shape[1] == 0:
-        fn, flat = _layers_1d, (lambda c: np.zeros(len(c)))
+        return _layers_1d(np.zeros(len(loss)), loss, k)
+    if cost.shape[1] == 1:
+        return _layers_1d(cost[:, 0], loss, k)
+    keep = np.zeros(len(loss), dtype=bool)
+    idx = np.flatnonzero(_few_dominators(cost, loss, k)) if len(loss) > 2048 else np.arange(len(loss))
+    fn = _layers_2d if cost.shape[1] == 2 else _layers_nd
+    keep[idx[fn(cost[idx], loss[idx], k)]] = True
+    return keep
+
+
+def _layers(cost: np.ndarray, loss: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+    """First ``k`` non-dominated layers inside each group (width state); for several costs and many points, of the
+    points left by an exact pre-filter. Either way a superset of the points with fewer than ``k`` dominators,
+    which is all that top-k needs."""
     uniq = np.unique(groups)
-    if len(uniq) == 1:
-        return fn(flat(cost), loss, k)
+    if len(uniq) <= 1:
+        return _layers_group(cost, loss, k)
     keep = np.zeros(len(loss), dtype=bool)
     for g in uniq:
         idx = np.flatnonzero(groups == g)
-        keep[idx] = fn(flat(cost[idx]), loss[idx], k)
+        keep[idx] = _layers_group(cost[idx], loss[idx], k)
     return keep
 
 
@@ -437,31 +469,43 @@ def _run_dp(blocks, n_ids, budget, base, k, ub, lams) -> tuple[_States, list] | 
     history = []
     for i, b in enumerate(blocks):
         parts = []
+        n_parts = 0
         for w in np.unique(states.wid):
-            sidx = np.flatnonzero(states.wid == w)
+            sidx_w = np.flatnonzero(states.wid == w)
             cidx = np.flatnonzero((b.in_id == w) | (b.in_id == 0)) if i > 0 else np.arange(len(b.loss))
-            if len(cidx) == 0 or len(sidx) == 0:
+            if len(cidx) == 0 or len(sidx_w) == 0:
                 continue
-            # pair generation under the first bound (Lagrangian if known, else the loss bound alone)
-            if use_lag:
-                lam, g = lams[-1], rem_lag[-1][i + 1]  # the boundary multiplier prunes the most
-                ks = states.loss[sidx] + states.cost[sidx] @ lam
-                kc = b.loss[cidx] + b.cost[cidx] @ lam + g[b.out_id[cidx]]
-                s, c = _pairs(ks, kc, ub + slack_l + float(lam @ cap))
-            else:
-                s = np.repeat(np.arange(len(sidx)), len(cidx))
-                c = np.tile(np.arange(len(cidx)), len(sidx))
-            s, c = sidx[s], cidx[c]
-            loss = states.loss[s] + b.loss[c]
-            cost = states.cost[s] + b.cost[c]
-            out = b.out_id[c]
-            ok = np.ones(len(loss), dtype=bool)
-            for d in range(dims):
-                ok &= cost[:, d] + rem_cost[d][i + 1][out] <= cap[d] + slack_c[d]
-            if use_lag:
-                for lam, g in zip(lams[:-1], rem_lag[:-1]):
-                    ok &= loss + cost @ lam + g[i + 1][out] <= ub + slack_l + float(lam @ cap)
-            parts.append((loss[ok], cost[ok], out[ok], s[ok], c[ok]))
+            step = max(1, _PAIR_CHUNK // len(cidx))  # bounded memory: states in chunks
+            for s0 in range(0, len(sidx_w), step):
+                sidx = sidx_w[s0 : s0 + step]
+                # pair generation under the first bound (Lagrangian if known); without a bound, the full product
+                if use_lag:
+                    lam, g = lams[-1], rem_lag[-1][i + 1]  # the boundary multiplier prunes the most
+                    ks = states.loss[sidx] + states.cost[sidx] @ lam
+                    kc = b.loss[cidx] + b.cost[cidx] @ lam + g[b.out_id[cidx]]
+                    s, c = _pairs(ks, kc, ub + slack_l + float(lam @ cap))
+                else:
+                    s = np.repeat(np.arange(len(sidx)), len(cidx))
+                    c = np.tile(np.arange(len(cidx)), len(sidx))
+                s, c = sidx[s], cidx[c]
+                loss = states.loss[s] + b.loss[c]
+                cost = states.cost[s] + b.cost[c]
+                out = b.out_id[c]
+                ok = np.ones(len(loss), dtype=bool)
+                for d in range(dims):
+                    ok &= cost[:, d] + rem_cost[d][i + 1][out] <= cap[d] + slack_c[d]
+                if use_lag:
+                    for lam, g in zip(lams[:-1], rem_lag[:-1]):
+                        ok &= loss + cost @ lam + g[i + 1][out] <= ub + slack_l + float(lam @ cap)
+                parts.append((loss[ok], cost[ok], out[ok], s[ok], c[ok]))
+                n_parts += int(ok.sum())
+                if n_parts > 2 * _PAIR_CHUNK and len(parts) > 1:
+                    # compact: the first k layers of a subset contain every point of the first k layers of the
+                    # whole set that lies in it (a subset's dominance chains are no longer), so this is exact
+                    merged = [np.concatenate(x) for x in zip(*parts)]
+                    keep = _layers(merged[1], merged[0], merged[2], k)
+                    parts = [tuple(x[keep] for x in merged)]
+                    n_parts = int(keep.sum())
         if not parts:
             return None
         loss, cost, wid, parent, choice = (np.concatenate(x) for x in zip(*parts))
@@ -499,15 +543,6 @@ def _bound_cut(blocks, n_ids, cap, ub, lams) -> list[_Block]:
     return [_subset(b, k) for b, k in zip(blocks, keep)]
 
 
-def _backtrack(blocks, history, final_idx: int) -> list[int]:
-    picks = []
-    j = final_idx
-    for (parent, choice), b in zip(reversed(history), reversed(blocks)):
-        picks.append(int(b.index[choice[j]]))
-        j = int(parent[j])
-    return picks[::-1]
-
-
 def _min_costs(blocks, n_ids) -> np.ndarray:
     dims = blocks[0].cost.shape[1]
     return np.array([_suffix_min(blocks, [b.cost[:, d] for b in blocks], n_ids)[0][0] for d in range(dims)])
@@ -525,6 +560,35 @@ def _architecture(tables, picks, weights, base_cost, cost_cols) -> Architecture:
             tot = tot + float(t[col].iloc[j])
         costs[col] = v + tot
     return Architecture(tuple(t.index[j] for t, j in zip(tables, picks)), float(loss), costs, tuple(picks))
+
+
+def _backtrack_all(blocks, history, final_idx: np.ndarray) -> np.ndarray:
+    """Row positions (n, blocks) of many final states at once."""
+    out = np.empty((len(final_idx), len(blocks)), dtype=np.int64)
+    j = np.asarray(final_idx, dtype=np.int64)
+    for i in range(len(blocks) - 1, -1, -1):
+        parent, choice = history[i]
+        out[:, i] = blocks[i].index[choice[j]]
+        j = parent[j]
+    return out
+
+
+def _architectures(tables, picks: np.ndarray, weights, base_cost, cost_cols) -> list[Architecture]:
+    """Vectorized :func:`_architecture` (same sums in the same order, so the same floats)."""
+    n = len(picks)
+    loss = np.zeros(n)
+    for i, t in enumerate(tables):
+        w = 1.0 if weights is None else float(weights[i])
+        loss = loss + t["loss"].to_numpy(dtype=np.float64)[picks[:, i]] * w
+    costs = {}
+    for col in cost_cols:
+        tot = np.zeros(n)
+        for i, t in enumerate(tables):
+            tot = tot + t[col].to_numpy(dtype=np.float64)[picks[:, i]]
+        costs[col] = float((base_cost or {}).get(col, 0.0)) + tot
+    labels = [t.index[picks[:, i]] for i, t in enumerate(tables)]
+    return [Architecture(tuple(lab[r] for lab in labels), float(loss[r]), {c: float(v[r]) for c, v in costs.items()},
+                         tuple(int(x) for x in picks[r])) for r in range(n)]
 
 
 def search(
@@ -615,11 +679,7 @@ def search(
                                                                                              n_ids, base))
     keys = [states.cost[feas, d] for d in range(len(dims) - 1, -1, -1)]
     order = feas[np.lexsort(keys + [states.loss[feas]])] if keys else feas[np.argsort(states.loss[feas], kind="stable")]
-    results = []
-    for j in order[:top_k]:
-        p = _backtrack(blocks, history, int(j))
-        results.append(_architecture(tables, p, weights, base_cost, cost_cols))
-    return results
+    return _architectures(tables, _backtrack_all(blocks, history, order[:top_k]), weights, base_cost, cost_cols)
 
 
 def _min_cost_message(dims, bvec, blocks, n_ids, base) -> str:
@@ -672,8 +732,7 @@ def pareto_front(
     c0 = states.cost[feas, 0]
     keep = feas[_layers_1d(c0, states.loss[feas], 1)]
     keep = keep[np.lexsort((states.loss[keep], states.cost[keep, 0]))]
-    return [_architecture(tables, _backtrack(cut, history, int(j)), weights, base_cost, cost_cols)
-            for j in keep]
+    return _architectures(tables, _backtrack_all(cut, history, keep), weights, base_cost, cost_cols)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -338,3 +338,49 @@ def test_run_search_stage_reads_run_config(tmp_path):
     assert out["space"] == "dna_mini"
     assert out["base_cost"] == {k: float(v) for k, v in base_cost(space, 32, 10).items()}
     assert "arch_def" in out["budgets"][0]["results"][0]
+
+
+def test_chunked_pairs_and_compaction(monkeypatch):
+    """Tiny pair chunks force the chunked product and the in-step compaction: still exact."""
+    monkeypatch.setattr(search_mod, "_PAIR_CHUNK", 5)
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        tables = _random_tables(rng, int(rng.integers(2, 5)), ties=trial % 2 == 0, widths=trial % 3 == 0)
+        _check_same(tables, _budget(rng, tables, ["macs", "params"][: 1 + trial % 2], False), int(rng.integers(1, 5)))
+        assert [(a.costs["macs"], a.loss) for a in pareto_front(tables, "macs")] == pareto_front_reference(tables)
+
+
+def _dominator_counts(cost, loss):
+    """Brute force: how many points dominate each point (ties broken by position, as the search does)."""
+    n = len(loss)
+    counts = np.zeros(n, dtype=np.int64)
+    pos = np.arange(n)
+    for j in range(n):
+        le = (cost <= cost[j]).all(1) & (loss <= loss[j])
+        strict = (cost < cost[j]).any(1) | (loss < loss[j]) | (pos < j)
+        counts[j] = int((le & strict).sum())
+    return counts
+
+
+@pytest.mark.parametrize("n_costs", [2, 3])
+def test_dominance_filter_on_many_points(n_costs):
+    """Above 2048 points the multi-cost filter runs a pre-filter first; what it keeps must be a superset of the
+    points with fewer than k dominators, and everything it drops must have at least k."""
+    rng = np.random.default_rng(n_costs)
+    n = 3000
+    cost = rng.integers(0, 40, size=(n, n_costs)).astype(float)
+    loss = (rng.integers(0, 40, size=n) - cost.sum(1) / 4).astype(float)
+    counts = _dominator_counts(cost, loss)
+    for k in (1, 2, 4):
+        keep = search_mod._layers(cost, loss, np.zeros(n, dtype=np.int64), k)
+        assert keep[counts < k].all()
+        assert (counts[~keep] >= k).all()
+        assert keep.sum() < n // 2  # it does filter
+
+
+def test_big_block_two_budgets_against_brute_force():
+    tables = synthetic_tables(layers=[5, 1, 1], seed=9, noise=0.05)  # 7776 x 6 x 6
+    budget = {"macs": sum(float(t["macs"].median()) for t in tables),
+              "params": sum(float(t["params"].quantile(0.4)) for t in tables)}
+    got = [a.loss for a in search(tables, budget, top_k=5)]
+    np.testing.assert_array_equal(got, _vectorized_reference(tables, budget, 5))
