@@ -58,7 +58,8 @@ def _time_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: 
 
 
 def measure_latency(model: nn.Module, input_shape: Sequence[int], device: Any = "cpu",
-                    dtype: torch.dtype = torch.float32, *, warmup: int = 10, repeats: int = 30, channels_last: bool = False) -> float:
+                    dtype: torch.dtype = torch.float32, *, warmup: int = 10, repeats: int = 30,
+                    channels_last: bool = False) -> float:
     """Measured latency (ms) of ``model`` on one input of ``input_shape`` (eval mode, no grad)."""
     device = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
