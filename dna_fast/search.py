@@ -365,44 +365,57 @@ def _local_search(blocks, picks, budget, max_rounds=200) -> list[int]:
 
 
 def _heuristic(blocks, n_ids, budget, base) -> tuple[list[int] | None, list[np.ndarray]]:
-    """A good feasible solution (or None) and the Lagrange multipliers tried around the budget boundary."""
+    """A good feasible solution (or None) and Lagrange multipliers found around the budget boundary.
+
+    Bisection on the multiplier of a scalarized cost (all budgets, relative to their size); with several budgets
+    and no success, each budget's direction alone is tried too. The answer is polished by single-block swaps.
+    """
     dims = len(budget)
-    scale = np.where(budget - base > 0, 1.0 / np.maximum(np.abs(budget - base), 1e-300), 1.0)
+    cap = budget - base
+    scale = np.where(cap > 0, 1.0 / np.maximum(np.abs(cap), 1e-300), 1.0)
     loss_scale = max(sum(float(np.ptp(b.loss)) for b in blocks), 1e-12)
 
-    def solve(t):
-        lam = t * loss_scale * scale
+    def solve(lam):
         picks = _chain_argmin(blocks, [b.loss + b.cost @ lam for b in blocks], n_ids)
         if picks is None:
-            return None, lam, False
-        return picks, lam, bool((_totals(blocks, picks)[1] <= budget - base).all())
+            return None, False
+        return picks, bool((_totals(blocks, picks)[1] <= cap).all())
 
-    picks, lam0, ok = solve(0.0)
+    picks, ok = solve(np.zeros(dims))
     if picks is None:
         return None, []
     if ok or dims == 0:
         return picks, []
-    lo, hi = 0.0, 1.0
-    best = None
-    for _ in range(60):
-        p, lam, ok = solve(hi)
-        if ok:
-            best = p
-            break
-        lo, hi = hi, hi * 4
-    if best is None:
-        return None, [lam0]
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        p, _, ok = solve(mid)
-        if ok:
-            hi, best = mid, p
-        else:
-            lo = mid
-        if hi - lo <= 1e-4 * hi:  # the multiplier only needs to be close: the bounds are valid for any
-            break
-    lams = [lo * loss_scale * scale, hi * loss_scale * scale]
-    return _local_search(blocks, best, budget - base), lams
+    directions = [np.ones(dims)] + ([np.eye(dims)[d] for d in range(dims)] if dims > 1 else [])
+    found, lams = [], []
+    for u in directions:
+        unit = loss_scale * scale * u
+        lo, hi, best = 0.0, 1.0, None
+        for _ in range(60):
+            p, ok = solve(hi * unit)
+            if ok:
+                best = p
+                break
+            lo, hi = hi, hi * 4
+        if best is None:
+            continue
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            p, ok = solve(mid * unit)
+            if ok:
+                hi, best = mid, p
+            else:
+                lo = mid
+            if hi - lo <= 1e-4 * hi:  # the multiplier only needs to be close: the bounds are valid for any
+                break
+        lams += [lo * unit, hi * unit]
+        best = _local_search(blocks, best, cap)
+        found.append((_totals(blocks, best)[0], best))
+        if len(found) == 1 and u is directions[0]:
+            break  # the joint direction worked: good enough
+    if not found:
+        return None, []
+    return min(found, key=lambda f: f[0])[1], lams
 
 
 def _upper_bound(blocks, picks, budget, k) -> float:
