@@ -141,7 +141,7 @@ class RetrainConfig:
         label_smoothing, dropout, drop_path: regularization (paper: 0.1, 0.2, 0.2).
         weight_decay: RMSprop weight decay (paper: 1e-5).
         ema_decay: EMA of the weights (paper: 0.9998 per step at batch 4096 over 1.28M images);
-        ema_scale: scale the EMA horizon to the run: the decay used is ``min(ema_decay, 1 - 1 / (steps / 10))``
+        ema_scale: scale the EMA horizon to the run: the decay used is ``min(ema_decay, max(0.5, 1 - 10 / steps))``
             with ``steps`` the run's total steps, so a tiny run's EMA still moves (off: ``ema_decay`` as is).
         amp: autocast on GPU (bf16); ignored on CPU.
         channels_last: channels-last memory format.

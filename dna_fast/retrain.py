@@ -51,16 +51,17 @@ def lr_at(step: int, steps_per_epoch: int, base_lr: float, warmup_epochs: float,
 
 
 def effective_ema_decay(cfg: RetrainConfig, total_steps: int) -> float:
-    """The EMA decay a run uses: ``cfg.ema_decay``, or with ``cfg.ema_scale`` at most ``1 - 10 / total_steps``.
+    """The EMA decay a run uses: ``cfg.ema_decay``, or with ``cfg.ema_scale``
+    ``min(ema_decay, max(0.5, 1 - 10 / total_steps))``.
 
     The paper's 0.9998 averages over ~5000 steps; a run of a few hundred steps would end with an EMA that is still
-    mostly its random initialization, so the horizon is capped at a tenth of the run.
+    mostly its random initialization, so the horizon is capped at a tenth of the run (and kept at >= 2 steps).
     """
     if cfg.ema_decay <= 0:
         return 0.0
     if not cfg.ema_scale:
         return cfg.ema_decay
-    return max(0.0, min(cfg.ema_decay, 1.0 - 10.0 / max(total_steps, 1)))
+    return min(cfg.ema_decay, max(0.5, 1.0 - 10.0 / max(total_steps, 1)))
 
 
 def build_optimizer(model: nn.Module, cfg: RetrainConfig, global_batch: int) -> torch.optim.Optimizer:

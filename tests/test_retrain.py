@@ -71,6 +71,7 @@ def test_effective_ema_decay():
     cfg = RetrainConfig(ema_decay=0.9998, ema_scale=True)
     assert effective_ema_decay(cfg, 100) == pytest.approx(0.9)
     assert effective_ema_decay(cfg, 10**7) == pytest.approx(0.9998)
+    assert effective_ema_decay(cfg, 4) == 0.5
     assert effective_ema_decay(RetrainConfig(ema_decay=0.9998, ema_scale=False), 100) == 0.9998
     assert effective_ema_decay(RetrainConfig(ema_decay=0.0), 100) == 0.0
 
