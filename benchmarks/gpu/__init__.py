@@ -1,0 +1,1 @@
+"""GPU benchmark runner: ``python -m benchmarks.gpu.run`` (``make bench-gpu``)."""
