@@ -92,6 +92,11 @@ def format_table(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _arch_text(arch_def: list[list[str]]) -> str:
+    """arch_def as JSON, one stage per line."""
+    return "[\n" + ",\n".join("  " + json.dumps(stage) for stage in arch_def) + "\n]"
+
+
 def write_report(run_dir: str | os.PathLike, s: dict[str, Any]) -> str:
     """``report.md``: the result table, the found architecture, the controls, the search section, the logs."""
     run_dir = Path(run_dir)
@@ -112,7 +117,7 @@ def write_report(run_dir: str | os.PathLike, s: dict[str, Any]) -> str:
     lines.append("")
     if f is not None:
         lines += ["Found architecture (timm arch_def; build it with `dna_fast.models.build` or timm's "
-                  "`decode_arch_def`):", "", "```", json.dumps(f["arch_def"], indent=1), "```", ""]
+                  "`decode_arch_def`):", "", "```", _arch_text(f["arch_def"]), "```", ""]
         lines += [f"Raw weights: top-1 {_pct(f['top1'])}, top-5 {_pct(f['top5'])}; EMA: top-1 {_pct(f['ema_top1'])}, "
                   f"top-5 {_pct(f['ema_top5'])}.", ""]
     if s["random_control"]["archs"]:
