@@ -246,8 +246,8 @@ def check_inputs(ctx: Context) -> None:
 
         _register_models()
         if not timm.is_model(cfg.model):
-            raise ConfigError(f"config key 'model': {cfg.model!r} is not a timm model (e.g. dna_a, dna_b, dna_c, dna_d, "
-                              "efficientnet_b0); leave it empty to use the search result")
+            raise ConfigError(f"config key 'model': {cfg.model!r} is not a timm model (e.g. dna_a, dna_b, dna_c, "
+                              "dna_d, efficientnet_b0); leave it empty to use the search result")
     if "evaluate" in sel and "retrain" not in sel:
         if cfg.model and cfg.checkpoint:
             if not Path(cfg.checkpoint).is_file():
@@ -278,10 +278,16 @@ def _check_run_dir(ctx: Context) -> None:
 
 
 def _write_config(ctx: Context) -> None:
+    """Writes the resolved ``config.yaml``; a different one already there is kept as ``config.<time>.yaml``."""
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     p = ctx.path("config.yaml")
+    text = dump_yaml(ctx.cfg)
+    if p.is_file():
+        if p.read_text() == text:
+            return
+        os.replace(p, ctx.path(f"config.{time.strftime('%Y%m%d-%H%M%S')}.yaml"))
     tmp = p.with_name(f".config.yaml.tmp{os.getpid()}")
-    tmp.write_text(dump_yaml(ctx.cfg))
+    tmp.write_text(text)
     os.replace(tmp, p)
 
 
@@ -466,7 +472,8 @@ def random_controls(ctx: Context, found: dict, n: int, tolerance: float, max_tri
             if len(out) == n:
                 return out
     raise StageInputError(f"found only {len(out)} of {n} random architectures within {tolerance:.0%} of the found "
-                          f"one's MACs in {max_tries} samples: raise control.macs_tolerance or lower control.num_random")
+                          f"one's MACs in {max_tries} samples: raise control.macs_tolerance or lower "
+                          "control.num_random")
 
 
 def _build_child(ctx: Context, entry: dict) -> Any:
@@ -569,7 +576,8 @@ def stage_evaluate(ctx: Context) -> dict:
         res.update(model=ctx.cfg.model, checkpoint=str(ctx.cfg.checkpoint))
         if ctx.is_main:
             _write_json(res, ctx.path("evaluate", f"{ctx.cfg.model}.json"))
-        ctx.log(f"[evaluate] {ctx.cfg.model}: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  ({res['n']} images)")
+        ctx.log(f"[evaluate] {ctx.cfg.model}: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  "
+                f"({res['n']} images)")
         return {ctx.cfg.model: res}
     plan = retrain_plan(ctx)
     for name, entry in plan.items():
