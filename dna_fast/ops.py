@@ -303,7 +303,7 @@ class FoldedMBConv(NamedTuple):
 
 
 def fold_bn(bn: torch.nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """(scale, shift) of an eval-mode BatchNorm: ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``."""
+    """(scale, shift) of an eval-mode BatchNorm: ``gamma / sqrt(var + eps)`` and ``beta - mean * scale``."""
     scale = bn.weight.detach().float() / torch.sqrt(bn.running_var.float() + bn.eps)
     return scale, bn.bias.detach().float() - bn.running_mean.float() * scale
 
@@ -381,11 +381,11 @@ def mbconv_siblings(x: Tensor, siblings: Sequence[FoldedMBConv], stride: int = 1
                     target: Tensor | None = None) -> Tensor:
     """Evaluates several MBConv ops of one layer (siblings in the rating trie) on the same input in one call.
 
-    The expansions of all ops (any mix of kernel sizes and expansion ratios, e.g. DNA's six k3/5/7 x e3/6 ops) run as
-    one 1x1 GEMM over the concatenated expand weights plus one native ``scale_shift_swish`` over all mid channels (x
-    is read once); then per op the fused ``dwconv_bn_act`` (with the SE sums from the same pass), ``se_gate`` and
-    ``pw_project`` (whose epilogue adds the skip and, with a target, reduces the rating loss). Eval semantics: BN is
-    folded by the caller (``fold_mbconv``). Not differentiable.
+    Any mix of kernel sizes and expansion ratios (e.g. DNA's six k3/5/7 x e3/6 ops). Per op: the 1x1 expansion GEMM
+    and the native ``scale_shift_swish``, the fused ``dwconv_bn_act`` (with the SE sums from the same pass),
+    ``se_gate`` and ``pw_project`` (whose epilogue adds the skip and, with a target, reduces the rating loss): four
+    full-size passes per op where eager PyTorch makes about twelve. Eval semantics: BN is folded by the caller
+    (``fold_mbconv``). Not differentiable.
 
     Args:
         x: [N, C, H, W] layer input, fp32 / fp16 / bf16, NCHW or channels_last.
@@ -399,16 +399,15 @@ def mbconv_siblings(x: Tensor, siblings: Sequence[FoldedMBConv], stride: int = 1
         squared differences [K, N] (fp32), i.e. K times ``pw_project(..., target=target)``.
     """
     _check_siblings(x, siblings, stride, residual, target)
-    expanded = [op for op in siblings if op.w_expand is not None]
-    mids: list[Tensor | None] = [None] * len(siblings)
-    if expanded:
-        w = torch.cat([op.w_expand for op in expanded]).to(x.dtype)[:, :, None, None]
-        h = torch.nn.functional.conv2d(x, w)
-        h = scale_shift_swish(h, torch.cat([op.scale1 for op in expanded]), torch.cat([op.shift1 for op in expanded]))
-        it = iter(torch.split(h, [op.w_expand.shape[0] for op in expanded], dim=1))
-        for i, op in enumerate(siblings):
-            if op.w_expand is not None:
-                mids[i] = next(it)
+    mids: list[Tensor | None] = []
+    for op in siblings:
+        if op.w_expand is None:
+            mids.append(None)
+            continue
+        # NOTE one 1x1 GEMM over the concatenated expand weights of all ops reads x once, but its per-op channel
+        # slices are not contiguous and copying them cost more on CPU than the separate GEMMs (measured, dna shapes)
+        h = torch.nn.functional.conv2d(x, op.w_expand.to(x.dtype)[:, :, None, None])
+        mids.append(scale_shift_swish(h, op.scale1, op.shift1))
     results = []
     for i, op in enumerate(siblings):
         h = x if mids[i] is None else mids[i]

@@ -43,7 +43,8 @@ def dw_sample_inputs(device, dtype=torch.float32):
                 layouts = list(_layouts(x))
                 c = shape[1]
                 w = torch.randn(c, 1, k, k, device=device) * 0.3
-                yield layouts[(i + k + stride) % 3], w, torch.randn(c, device=device), torch.randn(c, device=device), stride
+                sc, sh = torch.randn(c, device=device), torch.randn(c, device=device)
+                yield layouts[(i + k + stride) % 3], w, sc, sh, stride
 
 
 @pytest.mark.parametrize("device", DEVICES)

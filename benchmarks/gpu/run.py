@@ -54,7 +54,8 @@ def _markdown(doc: dict) -> str:
             lines.append(f"| {fig['name']} | {rest} |")
         lines.append("")
     if doc["timings"]:
-        lines += ["## pytest-benchmark timings", "", "| benchmark | mean (ms) | median (ms) | rounds |", "|---|---|---|---|"]
+        lines += ["## pytest-benchmark timings", "", "| benchmark | mean (ms) | median (ms) | rounds |",
+                  "|---|---|---|---|"]
         for t in doc["timings"]:
             lines.append(f"| {t['name']} | {t['mean_ms']:.4g} | {t['median_ms']:.4g} | {t['rounds']} |")
         lines.append("")
