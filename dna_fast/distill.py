@@ -379,18 +379,21 @@ _RESUME_KEYS = ("space", "num_blocks", "lr", "weight_decay", "lr_decay", "sampli
                 "world_size")
 
 
-def _compile_ops(supernet: Supernet) -> None:
+def _compile_ops(supernet: Supernet, backend: str = "inductor") -> None:
     import torch._dynamo
 
-    # every op module is compiled on its own: one graph per op shape instead of one per sampled path
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # NOTE every op module is compiled on its own (in place, state_dict names unchanged): one graph per op shape
+    # instead of one per sampled path; the dna space has ~100 op shapes, hence the larger recompile limits
+    cfg = torch._dynamo.config
+    cfg.cache_size_limit = max(cfg.cache_size_limit, 256)
+    cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 1024)
     for block in supernet.blocks:
         if block.stem is not None:
-            block.stem.compile()
+            block.stem.compile(backend=backend)
         for cell in block.cells:
             for layer in cell.layers:
                 for op in layer.ops:
-                    op.compile()
+                    op.compile(backend=backend)
 
 
 def distill(
@@ -408,7 +411,7 @@ def distill(
     block_weights: Sequence[float] | None = None,
     amp: str | None = None,
     channels_last: bool | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     checkpoint_every_steps: int = 0,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -436,7 +439,8 @@ def distill(
         block_weights: factor on each block's loss.
         amp: ``"bf16"`` (default on GPU), ``"fp16"`` (with a GradScaler) or ``"fp32"`` / None on CPU.
         channels_last: default True on GPU.
-        compile: ``torch.compile`` every op module of the supernet (and the stem).
+        compile: ``torch.compile`` every op module of the supernet (and the stem); a string picks the backend
+            (default ``"inductor"``).
         checkpoint_every_steps: also checkpoint every N steps within an epoch (0: at epoch ends only).
         seed: seeds path sampling (``PathSampler``) and the torch RNG of a fresh run.
         device: default CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU.
@@ -514,7 +518,7 @@ def distill(
         torch.manual_seed(seed)
         ddp.broadcast_module(supernet)
     if compile:
-        _compile_ops(supernet)
+        _compile_ops(supernet, compile if isinstance(compile, str) else "inductor")
 
     steps_per_epoch = len(loader)  # type: ignore[arg-type]
     if max_steps_per_epoch is not None:
