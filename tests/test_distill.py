@@ -123,7 +123,7 @@ def test_one_step_matches_per_block_reference(tmp_path):
 
 def test_logs_checkpoint_and_load(tmp_path):
     sn, t = _models()
-    out = distill(sn, t, _Batches(n=4), tmp_path, epochs=2, log_every=2, progress=False, device="cpu",
+    out = distill(sn, t, _Batches(n=4), tmp_path, epochs=2, log_every=2, progress=True, device="cpu",
                   loss="rel_mse", sampling="fair")
     assert out["trained_epochs"] == [0, 1] and out["global_step"] == 8
     with open(tmp_path / "distill" / "log.csv") as f:
@@ -247,27 +247,37 @@ def test_compiled_ops_match_eager(tmp_path):
     _assert_same(sn2, sn)  # dynamo's eager backend: same kernels, so bit-identical; names of the state unchanged
 
 
-def _ddp_worker(rank, world, tmp, init):
-    import torch.distributed as dist
+def _ddp_worker(rank, world, tmp, port):
     from timm.layers import GroupNorm1
 
+    from dna_fast import distributed as dist
+
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    info = dist.init_distributed(device="cpu")  # as under torchrun: gloo on CPU
+    assert (info.rank, info.world_size, dist.is_main()) == (rank, world, rank == 0)
     try:
         # different init per rank: distill broadcasts rank 0's weights
         sn, t = _models(seed=rank, norm_layer=GroupNorm1)
         distill(sn, t, _Batches(n=3, bs=8, part=(rank, world)), tmp, epochs=2, **FAST)
+        x = torch.tensor([float(rank)])
+        assert dist.all_reduce_mean(x).item() == (world - 1) / 2
     finally:
-        dist.destroy_process_group()
+        dist.cleanup()
 
 
 def test_ddp_two_gloo_ranks_match_one_process(tmp_path):
     """2 ranks with 4 images each == 1 process with the 8-image batch (per-sample norm; BN would need SyncBN)."""
+    import socket
+
     import torch.multiprocessing as mp
     from timm.layers import GroupNorm1
 
-    init = f"file://{tmp_path / 'pg'}"
-    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "ddp"), init), nprocs=2, join=True,
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "ddp"), port), nprocs=2, join=True,
                        start_method="spawn")
     sn, t = _models(seed=0, norm_layer=GroupNorm1)
     distill(sn, t, _Batches(n=3, bs=8), tmp_path / "one", epochs=2, **FAST)
