@@ -167,8 +167,8 @@ class Teacher(nn.Module):
             num_stages = len(model.blocks)
             for b in self.space.blocks:
                 if b.teacher_stage >= num_stages:
-                    raise ValueError(f"teacher {self.name} has stages blocks.0..{num_stages - 1}, but {self.space.name} "
-                                     f"block {b.index} wants teacher stage {b.teacher_stage}")
+                    raise ValueError(f"teacher {self.name} has stages blocks.0..{num_stages - 1}, but "
+                                     f"{self.space.name} block {b.index} wants teacher stage {b.teacher_stage}")
             self.stage_names = [f"blocks.{b.teacher_stage}" for b in self.space.blocks]
             self._stage_index = [b.teacher_stage for b in self.space.blocks]
             self._sequential = True
