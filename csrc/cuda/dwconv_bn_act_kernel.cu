@@ -3,8 +3,12 @@
 // One block computes a kTileH x kTileW tile of outputs of one (n, c) plane: the input window of the tile (zero
 // padding included) is staged in shared memory as fp32, the k * k weights sit in registers, each thread computes
 // one output with fp32 accumulation, and with sums the block reduces its outputs and adds them to sums[n, c] with one
-// atomicAdd. Planes are on grid.x (N * C can exceed 65535), tiles on grid.y. channels_last inputs are run through
-// the NCHW kernel (converted in and out; a native channels_last kernel is future work).
+// atomicAdd. Planes are on grid.x (N * C can exceed 65535), tiles on grid.y.
+//
+// channels_last: no shared memory; a block is 32 channels x 8 pixel lanes, consecutive threads take consecutive
+// channels of one pixel (coalesced loads and stores), each thread walks kClPixels / 8 output pixels of its channel
+// reading the k * k taps straight from global memory (neighbouring pixels' reuse comes from L1 / L2), and the
+// per-channel sums are reduced over the 8 lanes in shared memory, then added with one atomicAdd per channel.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -61,6 +65,67 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
+constexpr int kClChannels = 32, kClLanes = 8, kClPixels = 64;  // block: 32 channels x 8 lanes, 64 pixels
+
+template <typename scalar_t, int K, int S>
+__global__ void __launch_bounds__(kClChannels * kClLanes)
+    dwconv_bn_act_cl(const scalar_t* __restrict__ x, const float* __restrict__ w, const float* __restrict__ scale,
+                     const float* __restrict__ shift, scalar_t* __restrict__ y, float* __restrict__ sums, int C, int H,
+                     int W, int Ho, int Wo) {
+  __shared__ float part[kClLanes][kClChannels];
+  const int tx = threadIdx.x % kClChannels, ty = threadIdx.x / kClChannels;
+  const int c = blockIdx.x * kClChannels + tx;
+  const int64_t n = blockIdx.z;
+  const int p0 = blockIdx.y * kClPixels, p1 = min(p0 + kClPixels, Ho * Wo);
+  float local = 0.f;
+  if (c < C) {
+    const float sc = scale[c], sh = shift[c];
+    const scalar_t* __restrict__ xn = x + n * H * W * C;
+    for (int p = p0 + ty; p < p1; p += kClLanes) {
+      const int oy = p / Wo, ox = p % Wo;
+      const int iy0 = static_cast<int>(dw_in_start(oy, K, S)), ix0 = static_cast<int>(dw_in_start(ox, K, S));
+      float acc = 0.f;
+#pragma unroll
+      for (int ky = 0; ky < K; ++ky) {
+        const int iy = iy0 + ky;
+        if (!dw_inside(iy, H)) continue;
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx) {
+          const int ix = ix0 + kx;
+          if (!dw_inside(ix, W)) continue;
+          acc += w[c * K * K + ky * K + kx] * static_cast<float>(xn[(static_cast<int64_t>(iy) * W + ix) * C + c]);
+        }
+      }
+      const float v = swishf(acc * sc + sh);
+      y[((n * Ho + oy) * Wo + ox) * C + c] = static_cast<scalar_t>(v);
+      local += v;
+    }
+  }
+  if (sums == nullptr) return;  // uniform over the block
+  part[ty][tx] = local;
+  __syncthreads();
+  if (ty == 0 && c < C) {
+    float total = 0.f;
+#pragma unroll
+    for (int l = 0; l < kClLanes; ++l) total += part[l][tx];
+    atomicAdd(sums + n * C + c, total);
+  }
+}
+
+template <typename scalar_t, int K, int S>
+void launch_cl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& shift,
+               at::Tensor& y, float* sums) {
+  const int C = x.size(1), H = x.size(2), W = x.size(3), Ho = y.size(2), Wo = y.size(3);
+  TORCH_CHECK(x.size(0) <= 65535, "dwconv_bn_act: channels_last batch ", x.size(0), " exceeds 65535 (grid.z)");
+  const dim3 grid(static_cast<unsigned int>(ceil_div(C, kClChannels)),
+                  static_cast<unsigned int>(ceil_div(static_cast<int64_t>(Ho) * Wo, kClPixels)),
+                  static_cast<unsigned int>(x.size(0)));
+  dwconv_bn_act_cl<scalar_t, K, S><<<grid, kClChannels * kClLanes, 0, at::cuda::getCurrentCUDAStream()>>>(
+      x.const_data_ptr<scalar_t>(), w.const_data_ptr<float>(), scale.const_data_ptr<float>(),
+      shift.const_data_ptr<float>(), y.mutable_data_ptr<scalar_t>(), sums, C, H, W, Ho, Wo);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename scalar_t, int K, int S>
 void launch(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& shift, at::Tensor& y,
             float* sums) {
@@ -73,16 +138,25 @@ void launch(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, c
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Runtime (k, stride) -> template constants.
+// Runtime (layout, k, stride) -> template constants.
+template <typename scalar_t, int K, int S>
+void launch_layout(bool cl, const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                   const at::Tensor& shift, at::Tensor& y, float* sums) {
+  if (cl)
+    launch_cl<scalar_t, K, S>(x, w, scale, shift, y, sums);
+  else
+    launch<scalar_t, K, S>(x, w, scale, shift, y, sums);
+}
+
 template <typename scalar_t>
-void launch_for(int64_t k, int64_t s, const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+void launch_for(bool cl, int64_t k, int64_t s, const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                 const at::Tensor& shift, at::Tensor& y, float* sums) {
-  if (k == 3 && s == 1) return launch<scalar_t, 3, 1>(x, w, scale, shift, y, sums);
-  if (k == 3 && s == 2) return launch<scalar_t, 3, 2>(x, w, scale, shift, y, sums);
-  if (k == 5 && s == 1) return launch<scalar_t, 5, 1>(x, w, scale, shift, y, sums);
-  if (k == 5 && s == 2) return launch<scalar_t, 5, 2>(x, w, scale, shift, y, sums);
-  if (k == 7 && s == 1) return launch<scalar_t, 7, 1>(x, w, scale, shift, y, sums);
-  if (k == 7 && s == 2) return launch<scalar_t, 7, 2>(x, w, scale, shift, y, sums);
+  if (k == 3 && s == 1) return launch_layout<scalar_t, 3, 1>(cl, x, w, scale, shift, y, sums);
+  if (k == 3 && s == 2) return launch_layout<scalar_t, 3, 2>(cl, x, w, scale, shift, y, sums);
+  if (k == 5 && s == 1) return launch_layout<scalar_t, 5, 1>(cl, x, w, scale, shift, y, sums);
+  if (k == 5 && s == 2) return launch_layout<scalar_t, 5, 2>(cl, x, w, scale, shift, y, sums);
+  if (k == 7 && s == 1) return launch_layout<scalar_t, 7, 1>(cl, x, w, scale, shift, y, sums);
+  if (k == 7 && s == 2) return launch_layout<scalar_t, 7, 2>(cl, x, w, scale, shift, y, sums);
   TORCH_INTERNAL_ASSERT(false, "dwconv_bn_act: unsupported k / stride (checked earlier)");
 }
 
@@ -98,18 +172,18 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cuda(const at::Tensor& x_, cons
   const auto f32 = x_.options().dtype(at::kFloat);
   at::Tensor sums = with_sums ? at::zeros({N, C}, f32) : at::empty({0}, f32);
   const bool dbl = x_.scalar_type() == at::kDouble;  // double runs through the fp32 kernel
-  const at::Tensor x = (dbl ? x_.to(at::kFloat) : x_).contiguous();
-  at::Tensor y = at::empty({N, C, Ho, Wo}, x.options());
+  const at::Tensor x = contiguous_as(dbl ? x_.to(at::kFloat) : x_, cl);
+  at::Tensor y = at::empty({N, C, Ho, Wo}, x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast
+                                                                         : at::MemoryFormat::Contiguous));
   if (y.numel() > 0) {
     const at::Tensor w = weight.to(at::kFloat).contiguous();
     const at::Tensor scale = scale_.to(at::kFloat).contiguous(), shift = shift_.to(at::kFloat).contiguous();
     float* sp = with_sums ? sums.mutable_data_ptr<float>() : nullptr;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_bn_act_cuda", [&] {
-      if constexpr (!std::is_same_v<scalar_t, double>) launch_for<scalar_t>(k, stride, x, w, scale, shift, y, sp);
+      if constexpr (!std::is_same_v<scalar_t, double>) launch_for<scalar_t>(cl, k, stride, x, w, scale, shift, y, sp);
     });
   }
-  if (dbl) y = y.to(at::kDouble);
-  if (cl) y = y.contiguous(at::MemoryFormat::ChannelsLast);
+  if (dbl) y = y.to(at::kDouble);  // keeps the memory format
   return {y, sums};
 }
 
