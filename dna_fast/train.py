@@ -344,6 +344,9 @@ def stage_distill(ctx: Context) -> dict:
     from .supernet import Supernet
 
     d = ctx.cfg.distill
+    if supernet_done(ctx):
+        ctx.log(f"[distill] done before: {ctx.path('checkpoints', 'supernet_last.pt')} has all {d.epochs} epochs")
+        return {"epoch": supernet_epochs(ctx), "resumed": True}
     supernet = Supernet(ctx.space)
     teacher = build_teacher(ctx)
     kwargs: dict[str, Any] = dict(epochs=d.epochs, device=ctx.device, seed=ctx.cfg.seed, sampling=d.sampling,
@@ -365,6 +368,9 @@ def stage_rate(ctx: Context) -> dict:
     from .rating import rate
 
     r = ctx.cfg.rate
+    if ratings_done(ctx):
+        ctx.log(f"[rate] done before: {ctx.run_dir}/ratings/ has all {ctx.space.num_blocks} tables")
+        return {"tables": ctx.space.num_blocks}
     supernet = load_supernet(ctx.run_dir, ctx.space)
     teacher = build_teacher(ctx)
     import torch
