@@ -186,3 +186,26 @@ def test_found_architecture_with_drop_path_and_channels_last(tmp_path):
                       cfg=_cfg(epochs=1, channels_last=True, drop_path=0.2, dropout=0.2), device="cpu",
                       log=lambda s: None)
     assert 0.0 <= res["top1"] <= 100.0 and res["steps"] == 3
+
+
+def test_ddp_two_ranks_gloo(tmp_path):
+    """torchrun with 2 CPU ranks: trains, rank 0 writes, the evaluate stage reproduces the retrain's accuracy."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run_dir = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun) if torchrun.exists() else sys.executable, *([] if torchrun.exists() else
+           ["-m", "torch.distributed.run"]), "--nproc_per_node=2", "-m", "dna_fast.train", "--run-dir", str(run_dir),
+           "--stages", "retrain,evaluate", "model=dna_mini_teacher", "retrain.epochs=1", "retrain.max_steps=3",
+           "data.batch_size=32", "threads=1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 0, p.stdout + p.stderr
+    m = json.loads((run_dir / "retrain/dna_mini_teacher/metrics.json").read_text())
+    e = json.loads((run_dir / "retrain/dna_mini_teacher/eval.json").read_text())
+    assert m["global_batch"] == 64 and m["steps"] == 3 and m["n_val"] == 360
+    assert e["raw"]["top1"] == pytest.approx(m["top1"]) and e["ema"]["top1"] == pytest.approx(m["ema_top1"])
+    assert p.stdout.count("[retrain] dna_mini_teacher: val top-1") == 1  # one rank reports
