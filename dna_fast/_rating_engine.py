@@ -192,12 +192,24 @@ class _StatsAcc:
 # sibling evaluation
 
 
-def _batch_stats(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(biased var, mean, unbiased var) per column of a [rows, C] matrix, in fp32."""
-    hf = h.float() if h.dtype != torch.float32 else h
-    var, mean = torch.var_mean(hf, 0, correction=0)
-    n = hf.shape[0]
-    return var, mean, var * (n / max(n - 1, 1))
+def _bn_train_(h: Tensor, gamma: Tensor, beta: Tensor, eps: Tensor | float, normalize: bool = True
+               ) -> tuple[Tensor, Tensor]:
+    """Train-mode BN over the rows of a [rows, C] matrix: normalizes ``h`` in place with its batch statistics.
+
+    Returns the fp32 batch mean and unbiased variance (what ``momentum=None`` running statistics average).
+    # NOTE two passes (sum, then centered squares) instead of ``torch.var_mean(h, 0)``, whose strided column
+    # reduction measured 3x slower here; centering in place also gives the normalization for free.
+    """
+    rows = h.shape[0]
+    hf = h if h.dtype == torch.float32 else h.float()
+    mean = hf.sum(0).div_(rows)
+    hf.sub_(mean)
+    var = hf.square().sum(0).div_(rows)
+    if normalize:
+        hf.mul_(gamma * torch.rsqrt(var + eps)).add_(beta)
+        if hf is not h:
+            h.copy_(hf)
+    return mean, var * (rows / max(rows - 1, 1))
 
 
 class _Walker:
@@ -226,11 +238,8 @@ class _Walker:
                 h4 = hid.view(n, h, w, mid).permute(0, 3, 1, 2)
         else:
             hid = torch.mm(x2, g.w_pw.to(dt))
-            var, mean, uvar = _batch_stats(hid)
-            calib += [mean, uvar]
-            s1 = g.g1 * torch.rsqrt(var + g.eps1)
-            t1 = g.b1 - mean * s1
-            F.silu(hid.mul_(s1.to(dt)).add_(t1.to(dt)), inplace=True)
+            calib += list(_bn_train_(hid, g.g1, g.b1, g.eps1))
+            F.silu(hid, inplace=True)
             h4 = hid.view(n, h, w, mid).permute(0, 3, 1, 2)
         if calib is None:
             s2 = g.g2 * torch.rsqrt(v2 + g.eps2)
@@ -244,11 +253,7 @@ class _Walker:
             d = d.contiguous()
         d2 = d.view(n * ho * wo, mid)
         if calib is not None:
-            var, mean, uvar = _batch_stats(d2)
-            s2 = g.g2 * torch.rsqrt(var + g.eps2)
-            t2 = g.b2 - mean * s2
-            d2.mul_(s2.to(dt)).add_(t2.to(dt))
-            calib += [mean, uvar]
+            calib += list(_bn_train_(d2, g.g2, g.b2, g.eps2))
         F.silu(d2, inplace=True)
         if g.has_se:
             d3 = d2.view(n, ho * wo, mid)
@@ -283,13 +288,10 @@ class _Walker:
                     y = torch.addmm(t3.to(dt), sl, (g.w_pwl[j] * s3).to(dt))
                 else:
                     y = torch.mm(sl, g.w_pwl[j].to(dt))
-                    var, mean, uvar = _batch_stats(y)
-                    k3.append((mean, uvar))
-                    if target is not None:  # calibration of the last layer: only its statistics are needed
+                    # the last layer's calibration needs only its statistics, not its normalized output
+                    k3.append(_bn_train_(y, g.g3[j], g.b3[j], g.eps3[j], normalize=target is None))
+                    if target is not None:
                         continue
-                    s3 = g.g3[j] * torch.rsqrt(var + g.eps3[j])
-                    t3 = g.b3[j] - mean * s3
-                    y.mul_(s3.to(dt)).add_(t3.to(dt))
                 if target is not None:
                     r = y.float() + target
                     yield k, torch.dot(r.view(-1), r.view(-1)), ho, wo
