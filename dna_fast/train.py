@@ -80,7 +80,11 @@ class Context:
             self.space = SearchSpace.load(cfg.space)
         except (ValueError, FileNotFoundError, OSError) as e:
             raise ConfigError(f"config key 'space': {e}") from None
-        self.image_size = cfg.data.image_size or self.space.default_image_size
+        if cfg.data.root and cfg.data.backend == "embedded":
+            # a data root means that data: read it with the best backend available (noted in config.yaml)
+            cfg.data.backend = "auto"
+            log(f"data.root given: data.backend embedded -> auto ({cfg.data.root})")
+        self.image_size = cfg.data.image_size or _model_image_size(cfg.model) or self.space.default_image_size
         self.rank, self.world_size, self.local_rank = _dist_env()
         self.device = _resolve_device(cfg.device, self.local_rank)
         self._loaders: dict[tuple, Any] = {}
@@ -115,6 +119,20 @@ class Context:
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
+
+
+def _model_image_size(name: str | None) -> int | None:
+    """Input size of a named timm model's default config (``dna_a`` -> 224), None without a model."""
+    if not name:
+        return None
+    import timm
+
+    _register_models()
+    if not timm.is_model(name):
+        return None
+    cfg = timm.models.get_pretrained_cfg(name)
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return int(size[-1]) if size else None
 
 
 def _dist_env() -> tuple[int, int, int]:
