@@ -332,7 +332,7 @@ def build_teacher(ctx: Context) -> Any:
 
 def stage_teacher(ctx: Context) -> dict:
     """Trains the small teacher (``teacher.train``) or scores the given one; writes ``teacher/metrics.json``."""
-    from .teacher import build_embedded_teacher, evaluate_teacher, train_teacher
+    from .teacher import build_embedded_teacher, train_teacher
 
     t, out = ctx.cfg.teacher, ctx.path("teacher", "metrics.json")
     if out.is_file():
@@ -345,8 +345,11 @@ def stage_teacher(ctx: Context) -> dict:
                             device=ctx.device, out_path=teacher_checkpoint(ctx))
         model_name = "embedded teacher"
     else:
-        teacher = build_teacher(ctx)
-        acc = evaluate_teacher(teacher.model, ctx.loader("val"), ctx.device) if hasattr(teacher, "model") else None
+        from .retrain import evaluate
+
+        teacher = build_teacher(ctx)  # checks channels and strides against the space
+        # top-1 over the whole val split (summed over ranks under torchrun), bf16 on GPU
+        acc = evaluate(teacher.model.to(ctx.device), ctx.loader("val"), ctx.device)["top1"] / 100.0
         model_name = t.model or ctx.space.teacher.model
     res = {"model": model_name, "acc": None if acc is None else 100.0 * acc, "trained": t.train,
            "checkpoint": str(teacher_checkpoint(ctx))}
