@@ -36,6 +36,12 @@ __all__ = ["rate_block_sse"]
 # slower end to end on the 2-core CPU (A/B interleaved, block 1 of dna, batch 4); the native dwconv_bn_act was not
 # faster than mkldnn's channels_last depthwise conv + silu_ either. Switch on to retry on other machines.
 _NATIVE_BN_ACT = False
+# NOTE also tried, A/B interleaved end to end (batch 4), and not faster here: oneDNN's depthwise conv with a fused
+# swish epilogue (torch.ops.mkldnn._convolution_pointwise) instead of conv + silu_; the SE gate folded into
+# per-image projection weights (baddbmm) instead of one gating pass; a glibc without mmap / trimming (no change, so
+# no per-level workspaces either).
+_FUSED_DW = False
+_GATE_IN_PROJ = False
 
 
 @dataclass
@@ -110,7 +116,10 @@ def _build_layer(ops: Sequence[nn.Module], device: torch.device) -> _Layer:
         bn1 = [_bn(m.bn1) for m in mods]
         bn2 = [_bn(m.bn2) for m in mods]
         cat = lambda j, bns: torch.cat([b[j] for b in bns]).to(device)  # noqa: E731
-        eps_vec = lambda bns, mids_: torch.cat([torch.full((c,), b[2]) for b, c in zip(bns, mids_)]).to(device)  # noqa: E731
+
+        def eps_vec(bns, mids_):
+            return torch.cat([torch.full((c,), b[2]) for b, c in zip(bns, mids_)]).to(device)
+
         if has_se:
             rds = [m.se.conv_reduce.out_channels for m in mods]
             wr = torch.zeros(mid_g, sum(rds))
@@ -222,8 +231,8 @@ class _Walker:
         self.low = dtype != torch.float32
 
     # one group's hidden activation: 1x1 expand + BN + swish, depthwise + BN + swish, SE gate
-    def _hidden(self, g: _Group, x2: Tensor, n: int, h: int, w: int, st: tuple | None, calib: list | None
-                ) -> tuple[Tensor, int, int]:
+    def _hidden(self, g: _Group, x2: Tensor, n: int, h: int, w: int, st: tuple | None, calib: list | None,
+                defer_gate: bool = False) -> tuple[Tensor, int, int, Tensor | None]:
         dt = self.dtype
         mid = g.w_pw.shape[1]
         if calib is None:
@@ -244,9 +253,16 @@ class _Walker:
         if calib is None:
             s2 = g.g2 * torch.rsqrt(v2 + g.eps2)
             t2 = g.b2 - m2 * s2
-            d = F.conv2d(h4, (g.w_dw * s2.view(-1, 1, 1, 1)).to(dt), t2.to(dt), g.stride, g.pad, 1, mid)
+            w2, b2 = (g.w_dw * s2.view(-1, 1, 1, 1)).to(dt), t2.to(dt)
+            if _FUSED_DW and h4.device.type == "cpu" and dt == torch.float32:  # oneDNN conv with swish epilogue
+                d = torch.ops.mkldnn._convolution_pointwise(h4, w2, b2, [g.pad] * 2, [g.stride] * 2, [1, 1], mid,
+                                                            "swish", [], "")
+            else:
+                d = F.conv2d(h4, w2, b2, g.stride, g.pad, 1, mid)
+                F.silu(d, inplace=True)
         else:
             d = F.conv2d(h4, g.w_dw.to(dt), None, g.stride, g.pad, 1, mid)
+        del hid, h4
         ho, wo = d.shape[2], d.shape[3]
         d = d.permute(0, 2, 3, 1)
         if not d.is_contiguous():
@@ -254,14 +270,16 @@ class _Walker:
         d2 = d.view(n * ho * wo, mid)
         if calib is not None:
             calib += list(_bn_train_(d2, g.g2, g.b2, g.eps2))
-        F.silu(d2, inplace=True)
+            F.silu(d2, inplace=True)
         if g.has_se:
             d3 = d2.view(n, ho * wo, mid)
             pooled = d3.mean(1, dtype=torch.float32) if self.low else d3.mean(1)
             r = F.silu(torch.addmm(g.br, pooled, g.wr))
             gate = torch.sigmoid(torch.addmm(g.be, r, g.we))
+            if defer_gate:  # the caller scales the projection weights per image instead
+                return d2, ho, wo, gate
             d3.mul_(gate.to(dt).unsqueeze(1))
-        return d2, ho, wo
+        return d2, ho, wo, None
 
     def siblings(self, level: int, x2: Tensor, n: int, h: int, w: int, st: list[tuple] | None,
                  calib: list | None = None, target: Tensor | None = None):
@@ -274,18 +292,30 @@ class _Walker:
         dt = self.dtype
         for gi, g in enumerate(layer.groups):
             stg = st[gi] if st is not None else None
-            d2, ho, wo = self._hidden(g, x2, n, h, w, stg, calib)
+            defer = calib is None and g.has_se and _GATE_IN_PROJ
+            d2, ho, wo, gate = self._hidden(g, x2, n, h, w, stg, calib, defer)
             k3 = []
             for j, k in enumerate(g.ops):
-                sl = d2[:, g.offs[j]:g.offs[j] + g.mids[j]]
+                o, m = g.offs[j], g.mids[j]
+                sl = d2[:, o:o + m]
                 if calib is None:
                     s3 = g.g3[j] * torch.rsqrt(stg[5][j] + g.eps3[j])
                     t3 = g.b3[j] - stg[4][j] * s3
-                    if target is not None and not self.low:
-                        r = torch.addmm(target + t3, sl, g.w_pwl[j] * s3)  # target holds skip - teacher
+                    w3 = g.w_pwl[j] * s3
+                    if gate is not None:  # SE gate folded into per-image projection weights: [n, mid_k, out]
+                        w3n = (gate[:, o:o + m, None] * w3).to(dt)
+                        sl3 = sl.view(n, ho * wo, m) if sl.is_contiguous() else d2.view(n, ho * wo, -1)[:, :, o:o + m]
+                        if target is not None and not self.low:
+                            r = torch.baddbmm((target + t3).view(n, ho * wo, -1), sl3, w3n)
+                            yield k, torch.dot(r.view(-1), r.view(-1)), ho, wo
+                            continue
+                        y = torch.baddbmm(t3.to(dt), sl3, w3n).view(n * ho * wo, -1)
+                    elif target is not None and not self.low:
+                        r = torch.addmm(target + t3, sl, w3)  # target holds skip - teacher
                         yield k, torch.dot(r.view(-1), r.view(-1)), ho, wo
                         continue
-                    y = torch.addmm(t3.to(dt), sl, (g.w_pwl[j] * s3).to(dt))
+                    else:
+                        y = torch.addmm(t3.to(dt), sl, w3.to(dt))
                 else:
                     y = torch.mm(sl, g.w_pwl[j].to(dt))
                     # the last layer's calibration needs only its statistics, not its normalized output

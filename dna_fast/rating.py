@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -368,7 +368,8 @@ def _collect(teacher: Any, loader: Iterable, blocks: Sequence[int], num_batches:
 
 def rate(supernet: nn.Module, teacher: Any, loader: Iterable, run_dir: str | Path, *, num_batches: int = 20,
          calib_batches: int = 0, dtype: torch.dtype | None = None, device: Any = None,
-         blocks: Sequence[int] | None = None, progress: bool = True, chunk_size: int | None = None) -> list:
+         blocks: Sequence[int] | None = None, progress: bool = True, chunk_size: int | None = None,
+         latency: Any = None) -> list:
     """Rate every candidate of every block and write ``run_dir/ratings/block{i}.parquet`` as each block finishes.
 
     A block whose file exists is read back, not re-rated (resume). One teacher forward per batch feeds all blocks:
@@ -388,6 +389,9 @@ def rate(supernet: nn.Module, teacher: Any, loader: Iterable, run_dir: str | Pat
         blocks: which blocks (default all).
         progress: show progress (candidates/s).
         chunk_size: see ``rate_block``.
+        latency: optional ``dna_fast.cost.latency_table`` result (its ``block(i)`` per-op form gives each table a
+            ``latency_ms`` column; blocks whose input width has several options are left without it, see
+            ``dna_fast._latency.add_latency``), or a list with one ``rate_block`` latency argument per block.
 
     Returns:
         The rating table of every requested block (``rate_block``'s format), on every rank.
@@ -427,8 +431,17 @@ def rate(supernet: nn.Module, teacher: Any, loader: Iterable, run_dir: str | Pat
         n = space.num_candidates(i)
         mine = np.array_split(np.arange(n), world)[rank] if world > 1 else None
         t0 = time.perf_counter()
+        lat = None
+        if latency is not None:
+            if hasattr(latency, "block"):
+                try:
+                    lat = latency.block(i)
+                except ValueError:
+                    lat = None
+            else:
+                lat = latency[i]
         df = rate_block(supernet, i, pairs[i], calib=calib[i] or None, dtype=dtype, device=device,
-                        chunk_size=chunk_size, progress=show, candidates=mine)
+                        chunk_size=chunk_size, progress=show, candidates=mine, latency=lat)
         if world > 1:
             losses = [None] * world
             dist.all_gather_object(losses, df["loss"].to_numpy())
