@@ -285,3 +285,13 @@ def test_rate_two_ranks_gloo(mini, tmp_path):
     for i, t in zip([1, 3], single):
         on_disk = pd.read_parquet(tmp_path / "run" / "ratings" / f"block{i}.parquet")
         np.testing.assert_allclose(on_disk["loss"], t["loss"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("flag", ["_NATIVE_BN_ACT", "_FUSED_DW", "_GATE_IN_PROJ"])
+def test_engine_variants_exact(mini, monkeypatch, flag):
+    # the engine's alternative code paths (off by default: not faster on the test machine) stay exact
+    import dna_fast._rating_engine as engine
+
+    monkeypatch.setattr(engine, flag, True)
+    pairs, _ = _data(mini.space, 2, 16, batch=2, n=1, seed=11)
+    _assert_same(rate_block(mini, 2, pairs), rate_block_naive(mini, 2, pairs))
