@@ -15,3 +15,13 @@ DEVICES = [
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: deterministic, and on a shared 2-core machine OpenMP barriers under load cost
+    far more than a second thread gives (measured 20-100x slower single ops)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -21,13 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = dict(progress=False, tensorboard=False, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # NOTE one thread: deterministic and fast on the shared 2-core machine (OpenMP spinning under load is slow)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Batches:

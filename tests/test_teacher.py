@@ -15,13 +15,7 @@ from dna_fast.teacher import Teacher, build_embedded_teacher, evaluate_teacher, 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # NOTE one thread: the 2-core test machine is shared; OpenMP spinning on an oversubscribed box is 100x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference_stage_outputs(model: nn.Module, names, x):
