@@ -17,12 +17,8 @@ from dna_fast.supernet import Supernet
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # NOTE the test machine is shared: OpenMP barriers of 2 threads under load cost more than they give
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every rating test on one thread (the shared ``one_thread`` fixture of conftest.py)."""
 
 
 def _perturb_bn(model: nn.Module, seed: int = 0) -> None:
