@@ -17,11 +17,12 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ._io import atomic_write_json
 
 __all__ = ["LatencyTable", "latency_table", "measure_latency", "add_latency"]
 
@@ -95,10 +96,7 @@ class LatencyTable:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes JSON (atomically)."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=1))
-        os.replace(tmp, path)
+        atomic_write_json(path, self.__dict__, indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyTable:

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as ddp
+from ._io import atomic_save, atomic_write
 from .space import Candidate, SearchSpace
 from .supernet import Supernet
 
@@ -245,20 +245,6 @@ class BlockTrainer:
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -323,12 +309,13 @@ class _Logs:
             with open(self.csv_path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if r.get("global_step", "").isdigit()
                         and int(r["global_step"]) <= resume_step]
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+
+        def write(f):
             w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
             w.writeheader()
             w.writerows({k: r.get(k, "") for k in LOG_COLUMNS} for r in rows)
-        os.replace(tmp, self.csv_path)
+
+        atomic_write(self.csv_path, write, mode="w", newline="")
         self._file = open(self.csv_path, "a", newline="")
         self._writer = csv.writer(self._file)
         if tensorboard:
@@ -534,7 +521,7 @@ def distill(
     def save(epoch: int, step: int, complete_epoch: bool) -> None:
         logs.flush()
         if main:
-            _atomic_save({
+            atomic_save({
                 "version": _FORMAT_VERSION, "config": config, "supernet": _strip_prefix(supernet.state_dict()),
                 "optimizers": [o.state_dict() for o in trainer.optimizers],
                 "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,

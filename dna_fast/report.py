@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import atomic_write, atomic_write_json, atomic_write_text
 from .search import Architecture, format_cost, pareto_front, parse_budget, search
 
 __all__ = ["run_search_stage", "load_tables", "write_search_section", "plot_pareto", "reference_points"]
@@ -136,10 +137,8 @@ def plot_pareto(path: str | os.PathLike, front: Sequence[Architecture], cost: st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = Path(str(path) + ".tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _fmt_costs(costs: Mapping[str, float]) -> str:
@@ -183,9 +182,7 @@ def write_search_section(results: Mapping[str, Any], path: str | os.PathLike) ->
     lines.append("![loss vs cost](search/pareto.png)")
     lines.append("")
     text = "\n".join(lines)
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return text
 
 
@@ -301,9 +298,7 @@ def run_search_stage(
     sdir = run_dir / "search"
     sdir.mkdir(parents=True, exist_ok=True)
     plot_pareto(sdir / "pareto.png", front, cost, chosen, refs, _random_sample(tables, weights, base_cost, cost))
-    tmp = sdir / "results.json.tmp"
-    tmp.write_text(json.dumps(out, indent=1, default=_json_default))
-    os.replace(tmp, sdir / "results.json")
+    atomic_write_json(sdir / "results.json", out, indent=1, default=_json_default)
     write_search_section(out, sdir / "report.md")
     return out
 

@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ._io import atomic_save as save_atomic  # public name kept
+from ._io import atomic_write, atomic_write_json
 from .config import RetrainConfig
 
 __all__ = [
@@ -82,21 +84,6 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -313,7 +300,7 @@ def train_model(
     if meta:
         res.update(meta)
     if rank == 0:
-        _write_json_atomic(dict(res), metrics_path)
+        atomic_write_json(metrics_path, dict(res))
     return res
 
 
@@ -329,9 +316,10 @@ def _sync_buffers(model: nn.Module, ema: Any) -> None:
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """The whole log (rewritten each epoch, so a resumed run never repeats rows)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+
+    def write(f):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
+
+    atomic_write(path, write, mode="w", newline="")

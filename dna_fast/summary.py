@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write_json, atomic_write_text
+
 __all__ = ["collect", "format_table", "write_summary", "write_report"]
 
 
@@ -132,9 +134,7 @@ def write_report(run_dir: str | os.PathLike, s: dict[str, Any]) -> str:
     if cfg:
         lines += ["## Config", "", "```yaml", cfg.rstrip(), "```", ""]
     text = "\n".join(lines)
-    tmp = run_dir / f".report.md.tmp{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, run_dir / "report.md")
+    atomic_write_text(run_dir / "report.md", text)
     return text
 
 
@@ -142,8 +142,6 @@ def write_summary(ctx: Any) -> dict[str, Any]:
     """Writes ``summary.json`` and ``report.md`` of ``ctx.run_dir``; returns the summary with its ``table``."""
     run_dir = Path(ctx.run_dir)
     s = collect(run_dir)
-    tmp = run_dir / f".summary.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(s, indent=2))
-    os.replace(tmp, run_dir / "summary.json")
+    atomic_write_json(run_dir / "summary.json", s)
     write_report(run_dir, s)
     return {**s, "table": format_table(s)}

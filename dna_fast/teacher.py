@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from timm.models._efficientnet_builder import decode_arch_def
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 
+from ._io import atomic_save
 from .space import SearchSpace
 
 __all__ = ["Teacher", "build_embedded_teacher", "train_teacher", "evaluate_teacher", "load_weights",
@@ -348,18 +348,6 @@ def evaluate_teacher(model: nn.Module, loader: Iterable, device: str | torch.dev
     return correct / max(total, 1)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train_teacher(model: nn.Module, train_loader: Iterable, val_loader: Iterable, *, epochs: int, lr: float,
                   device: str | torch.device, out_path: str | os.PathLike, weight_decay: float = 0.05,
                   label_smoothing: float = 0.1, progress: bool = False) -> float:
@@ -403,13 +391,13 @@ def train_teacher(model: nn.Module, train_loader: Iterable, val_loader: Iterable
             loss.backward()
             opt.step()
             sched.step()
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                       "epoch": epoch + 1}, partial)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3f}")
     if bar is not None:
         bar.close()
-    _atomic_save(model.state_dict(), out_path)
+    atomic_save(model.state_dict(), out_path)
     partial.unlink(missing_ok=True)
     return evaluate_teacher(model, val_loader, device)

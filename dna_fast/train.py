@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write_json, atomic_write_text
 from .config import ConfigError, RunConfig, builtin_run_config, dump_yaml, load_config
 
 __all__ = ["STAGES", "main", "run", "StageInputError", "stage_status"]
@@ -304,17 +305,13 @@ def _write_config(ctx: Context) -> None:
         if p.read_text() == text:
             return
         os.replace(p, ctx.path(f"config.{time.strftime('%Y%m%d-%H%M%S')}.yaml"))
-    tmp = p.with_name(f".config.yaml.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, p)
+    atomic_write_text(p, text)
 
 
 # ---------------------------------------------------------------------------------------------- stages
 def _write_json(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, default=str)
 
 
 def build_teacher(ctx: Context) -> Any:
