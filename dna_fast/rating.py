@@ -193,6 +193,17 @@ def _check_shapes(space: SearchSpace, i: int, pairs, calib) -> None:
 
 
 @torch.no_grad()
+def _prepare(supernet, i, batches, calib, device, dtype):
+    """Inputs of one block's rating on its device, checked: (device, dtype, pairs, calib inputs, target element
+    count, target variance)."""
+    device, dtype = _device_dtype(supernet, device, dtype)
+    pairs = _materialize(batches, device)
+    calib_x = _materialize_calib(calib, device)
+    _check_shapes(supernet.space, i, pairs, calib_x)
+    count, tvar = _target_stats(pairs)
+    return device, dtype, pairs, calib_x, count, tvar
+
+
 def rate_block_naive(supernet: nn.Module, i: int, batches: Iterable, *, calib: Iterable | None = None,
                      dtype: torch.dtype | None = None, device: Any = None, chunk_size: int | None = None,
                      latency: LatencySpec = None, progress: bool = False, image_size: Any = None,
@@ -205,11 +216,7 @@ def rate_block_naive(supernet: nn.Module, i: int, batches: Iterable, *, calib: I
     ``rate_block``.
     """
     space = supernet.space
-    device, dtype = _device_dtype(supernet, device, dtype)
-    pairs = _materialize(batches, device)
-    calib_x = _materialize_calib(calib, device)
-    _check_shapes(space, i, pairs, calib_x)
-    count, tvar = _target_stats(pairs)
+    device, dtype, pairs, calib_x, count, tvar = _prepare(supernet, i, batches, calib, device, dtype)
     block = supernet.blocks[i]
     cands = space.candidates(i)
     sse = np.zeros(len(cands))
@@ -279,11 +286,7 @@ def rate_block(supernet: nn.Module, i: int, batches: Iterable, *, calib: Iterabl
     from ._rating_engine import rate_block_sse
 
     space = supernet.space
-    device, dtype = _device_dtype(supernet, device, dtype)
-    pairs = _materialize(batches, device)
-    calib_x = _materialize_calib(calib, device)
-    _check_shapes(space, i, pairs, calib_x)
-    count, tvar = _target_stats(pairs)
+    device, dtype, pairs, calib_x, count, tvar = _prepare(supernet, i, batches, calib, device, dtype)
     sse = rate_block_sse(supernet, i, pairs, calib_x, dtype=dtype, device=device, chunk_size=chunk_size,
                          progress=progress, candidates=candidates)
     size = image_size or _image_size(space, i, pairs[0][0])
