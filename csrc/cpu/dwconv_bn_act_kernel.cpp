@@ -22,12 +22,6 @@
 #include "dna_fast/dwconv.h"
 #include "dna_fast/math.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DNA_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-#else
-#define DNA_CPU_CLONES
-#endif
-
 namespace dna_fast {
 namespace {
 

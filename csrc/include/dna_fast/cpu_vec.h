@@ -12,6 +12,14 @@
 #define DNA_ALWAYS_INLINE inline
 #endif
 
+// Marks a hot CPU loop function: GCC on x86-64 compiles it for AVX-512 / AVX2 / baseline and picks the clone at load
+// time (empty elsewhere).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DNA_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define DNA_CPU_CLONES
+#endif
+
 namespace dna_fast {
 
 DNA_ALWAYS_INLINE int32_t f2bits(float f) {
