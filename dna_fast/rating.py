@@ -20,7 +20,6 @@ per-element mean of ``torch.nn.functional.mse_loss``; with equal batches it is t
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._io import atomic_write
 from .cost import candidate_costs
 from .space import Candidate, SearchSpace
 
@@ -320,9 +320,7 @@ def _dist() -> tuple[int, int]:
 
 def _write_parquet_atomic(df, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_parquet(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, df.to_parquet)
 
 
 def load_ratings(run_dir: str | Path, num_blocks: int | None = None) -> list:
