@@ -42,7 +42,7 @@ def folder(tmp_path_factory):
 
 def _epoch(loader) -> int:
     n = 0
-    for x, y in loader:
+    for x, y in loader:  # noqa: B007 (x is read after the loop)
         n += y.numel()
     if x.is_cuda:
         torch.cuda.synchronize()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._version import __version__
 from ._backend import backend_info
+from ._version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {

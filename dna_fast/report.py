@@ -8,7 +8,6 @@ front, places the published DNA-a..d on it when they belong to the space, and wr
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -86,7 +85,7 @@ def reference_points(space, tables, weights=None, base_cost=None) -> dict[str, A
         except ValueError:
             continue  # not in this space
         rows, prev_w = [], None
-        for i, (t, c) in enumerate(zip(tables, choices)):
+        for t, c in zip(tables, choices):
             pos = np.flatnonzero(t.index == c)
             if "in_width" in t.columns and prev_w is not None:
                 pos = pos[t["in_width"].to_numpy()[pos] == prev_w]

@@ -255,7 +255,7 @@ class Teacher(nn.Module):
         dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
         x = torch.zeros(1, 3, image_size, image_size, device=dev, dtype=dtype)
         feats = self(x)
-        for b, f, (_, (c, h, w)) in zip(self.space.blocks, feats, shapes):
+        for b, f, (_, (c, h, _w)) in zip(self.space.blocks, feats, shapes):
             got_c, got_h = f.shape[1], f.shape[-2]
             got_stride = image_size / got_h
             want_stride = self.space.teacher.stage_reductions[b.teacher_stage]

@@ -9,7 +9,14 @@ import pytest
 import yaml
 
 from dna_fast.config import (
-    ConfigError, RunConfig, apply_overrides, builtin_run_config, dump_yaml, from_dict, load_config, to_dict,
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    builtin_run_config,
+    dump_yaml,
+    from_dict,
+    load_config,
+    to_dict,
 )
 
 REPO = Path(__file__).resolve().parents[1]

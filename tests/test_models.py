@@ -10,7 +10,13 @@ from timm.models.efficientnet import EfficientNet
 
 from dna_fast import cost, models
 from dna_fast.models import (
-    DNA_ARCH_DEFS, DNA_PAPER, arch_def, build, choices_from_arch_def, dna_choices, inherit_weights,
+    DNA_ARCH_DEFS,
+    DNA_PAPER,
+    arch_def,
+    build,
+    choices_from_arch_def,
+    dna_choices,
+    inherit_weights,
 )
 from dna_fast.space import SearchSpace
 from dna_fast.supernet import Supernet

@@ -105,7 +105,8 @@ def test_torch_compile_fullgraph(device):
     def f(x, scale, shift):
         return ops.scale_shift_swish(conv(x), scale, shift).mean()
 
-    x, scale, shift = torch.randn(2, 4, 6, 6, device=device), torch.randn(4, device=device), torch.randn(4, device=device)
+    x = torch.randn(2, 4, 6, 6, device=device)
+    scale, shift = torch.randn(4, device=device), torch.randn(4, device=device)
     compiled = torch.compile(f, fullgraph=True)
     torch.testing.assert_close(compiled(x, scale, shift), f(x, scale, shift))
 

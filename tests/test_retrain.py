@@ -11,7 +11,13 @@ from torch import nn
 
 from dna_fast.config import RetrainConfig
 from dna_fast.retrain import (
-    build_optimizer, effective_ema_decay, evaluate, load_weights, lr_at, save_atomic, train_model,
+    build_optimizer,
+    effective_ema_decay,
+    evaluate,
+    load_weights,
+    lr_at,
+    save_atomic,
+    train_model,
 )
 
 
