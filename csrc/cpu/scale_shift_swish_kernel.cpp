@@ -39,11 +39,14 @@ void sss_run(const scalar_t* x, scalar_t* y, int64_t len, const float* sc, const
   int64_t j = 0;
   const Vec one(1.f);
   if constexpr (std::is_same_v<scalar_t, float>) {
+    // NOTE exp_u20 (<= 20 ulp, what ATen's own SiLU uses) and a partial last vector: a scalar std::exp tail cost
+    // ~20 % on 14x14 planes (196 = 24 x 8 + 4).
     const Vec vs0(sc[0]), vb0(sh[0]);
-    for (; j + Vec::size() <= len; j += Vec::size()) {
-      const Vec vs = kRow ? Vec::loadu(sc + j) : vs0, vb = kRow ? Vec::loadu(sh + j) : vb0;
-      const Vec z = at::vec::fmadd(Vec::loadu(x + j), vs, vb);
-      (z / (one + z.neg().exp())).store(y + j);
+    for (; j < len; j += Vec::size()) {
+      const int64_t n = std::min<int64_t>(Vec::size(), len - j);
+      const Vec vs = kRow ? Vec::loadu(sc + j, n) : vs0, vb = kRow ? Vec::loadu(sh + j, n) : vb0;
+      const Vec z = at::vec::fmadd(Vec::loadu(x + j, n), vs, vb);
+      (z / (one + z.neg().exp_u20())).store(y + j, n);
     }
   }
   for (; j < len; ++j) {
