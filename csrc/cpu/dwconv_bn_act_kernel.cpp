@@ -204,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cpu(const at::Tensor& x_, const
   at::Tensor sums = with_sums ? at::zeros({N, C}, f32) : at::empty({0}, f32);
   if (y.numel() == 0) return {y, sums};
   const at::Tensor w = weight.to(at::kFloat).contiguous();
-  const at::Tensor scale = scale_.to(at::kFloat).contiguous(), shift = shift_.to(at::kFloat).contiguous();
+  const at::Tensor scale = float_contiguous(scale_), shift = float_contiguous(shift_);
   float* sp = with_sums ? sums.mutable_data_ptr<float>() : nullptr;
   // double runs through the fp32 kernel (the op computes in fp32)
   if (x.scalar_type() == at::kDouble) {

@@ -56,11 +56,10 @@ void sss_run(const scalar_t* x, scalar_t* y, int64_t len, const float* sc, const
 }
 
 at::Tensor scale_shift_swish_cpu(const at::Tensor& x_, const at::Tensor& scale_, const at::Tensor& shift_) {
-  check_per_channel(x_, scale_, "scale_shift_swish", "scale");
-  check_per_channel(x_, shift_, "scale_shift_swish", "shift");
+  check_scale_shift(x_, scale_, shift_, "scale_shift_swish");
   const bool cl = prefers_channels_last(x_);
   const at::Tensor x = contiguous_as(x_, cl);
-  const at::Tensor scale = scale_.to(at::kFloat).contiguous(), shift = shift_.to(at::kFloat).contiguous();
+  const at::Tensor scale = float_contiguous(scale_), shift = float_contiguous(shift_);
   at::Tensor y = at::empty_like(x);
   if (x.numel() == 0) return y;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
@@ -87,12 +86,11 @@ at::Tensor scale_shift_swish_cpu(const at::Tensor& x_, const at::Tensor& scale_,
 
 at::Tensor scale_shift_swish_backward_cpu(const at::Tensor& g_, const at::Tensor& x_, const at::Tensor& scale_,
                                           const at::Tensor& shift_) {
-  check_per_channel(x_, scale_, "scale_shift_swish_backward", "scale");
-  check_per_channel(x_, shift_, "scale_shift_swish_backward", "shift");
+  check_scale_shift(x_, scale_, shift_, "scale_shift_swish_backward");
   TORCH_CHECK(g_.sizes() == x_.sizes(), "scale_shift_swish_backward: grad ", g_.sizes(), " != input ", x_.sizes());
   const bool cl = prefers_channels_last(x_);
   const at::Tensor x = contiguous_as(x_, cl), g = contiguous_as(g_.to(x_.scalar_type()), cl);
-  const at::Tensor scale = scale_.to(at::kFloat).contiguous(), shift = shift_.to(at::kFloat).contiguous();
+  const at::Tensor scale = float_contiguous(scale_), shift = float_contiguous(shift_);
   at::Tensor gz = at::empty_like(x);
   if (x.numel() == 0) return gz;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);

@@ -55,7 +55,7 @@ at::Tensor pw_project_cpu(const at::Tensor& x_, const at::Tensor& gate, const at
   at::Tensor y = target ? at::Tensor() : at::empty({N, Co, x.size(2), x.size(3)}, x.options().memory_format(mf));
   if (N * per == 0) return target ? at::zeros({N}, x.options().dtype(at::kFloat)) : y;
   const at::Tensor z = pw_gemm(x, gate, weight, cl, at::kFloat).contiguous();  // fp32, the output's layout
-  const at::Tensor scale = scale_.to(at::kFloat).contiguous(), shift = shift_.to(at::kFloat).contiguous();
+  const at::Tensor scale = float_contiguous(scale_), shift = float_contiguous(shift_);
   const float *zp = z.const_data_ptr<float>(), *sc = scale.const_data_ptr<float>(), *sh = shift.const_data_ptr<float>();
   const at::Tensor res = residual ? contiguous_as(residual->to(x.scalar_type()), cl) : at::Tensor();
   const at::Tensor tgt = target ? contiguous_as(target->to(x.scalar_type()), cl) : at::Tensor();

@@ -177,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cuda(const at::Tensor& x_, cons
                                                                          : at::MemoryFormat::Contiguous));
   if (y.numel() > 0) {
     const at::Tensor w = weight.to(at::kFloat).contiguous();
-    const at::Tensor scale = scale_.to(at::kFloat).contiguous(), shift = shift_.to(at::kFloat).contiguous();
+    const at::Tensor scale = float_contiguous(scale_), shift = float_contiguous(shift_);
     float* sp = with_sums ? sums.mutable_data_ptr<float>() : nullptr;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_bn_act_cuda", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) launch_for<scalar_t>(cl, k, stride, x, w, scale, shift, y, sp);

@@ -34,12 +34,11 @@ __global__ void scale_shift_swish_bwd(const scalar_t* __restrict__ g, const scal
 }
 
 at::Tensor scale_shift_swish_cuda(const at::Tensor& x_, const at::Tensor& scale_, const at::Tensor& shift_) {
-  check_per_channel(x_, scale_, "scale_shift_swish", "scale");
-  check_per_channel(x_, shift_, "scale_shift_swish", "shift");
+  check_scale_shift(x_, scale_, shift_, "scale_shift_swish");
   const c10::cuda::CUDAGuard guard(x_.device());
   const bool cl = prefers_channels_last(x_);
   const at::Tensor x = contiguous_as(x_, cl);
-  const at::Tensor scale = scale_.to(at::kFloat).contiguous(), shift = shift_.to(at::kFloat).contiguous();
+  const at::Tensor scale = float_contiguous(scale_), shift = float_contiguous(shift_);
   at::Tensor y = at::empty_like(x);
   const int64_t n = x.numel();
   if (n == 0) return y;
@@ -56,13 +55,12 @@ at::Tensor scale_shift_swish_cuda(const at::Tensor& x_, const at::Tensor& scale_
 
 at::Tensor scale_shift_swish_backward_cuda(const at::Tensor& g_, const at::Tensor& x_, const at::Tensor& scale_,
                                            const at::Tensor& shift_) {
-  check_per_channel(x_, scale_, "scale_shift_swish_backward", "scale");
-  check_per_channel(x_, shift_, "scale_shift_swish_backward", "shift");
+  check_scale_shift(x_, scale_, shift_, "scale_shift_swish_backward");
   TORCH_CHECK(g_.sizes() == x_.sizes(), "scale_shift_swish_backward: grad ", g_.sizes(), " != input ", x_.sizes());
   const c10::cuda::CUDAGuard guard(x_.device());
   const bool cl = prefers_channels_last(x_);
   const at::Tensor x = contiguous_as(x_, cl), g = contiguous_as(g_.to(x_.scalar_type()), cl);
-  const at::Tensor scale = scale_.to(at::kFloat).contiguous(), shift = shift_.to(at::kFloat).contiguous();
+  const at::Tensor scale = float_contiguous(scale_), shift = float_contiguous(shift_);
   at::Tensor gz = at::empty_like(x);
   const int64_t n = x.numel();
   if (n == 0) return gz;

@@ -106,7 +106,7 @@ at::Tensor pw_project_cuda(const at::Tensor& x_, const at::Tensor& gate, const a
   at::Tensor y = target ? at::Tensor() : at::empty({N, Co, x.size(2), x.size(3)}, x.options().memory_format(mf));
   if (N * per > 0) {
     const at::Tensor z = pw_gemm(x, gate, weight, cl, x.scalar_type()).contiguous();
-    const at::Tensor scale = scale_.to(at::kFloat).contiguous(), shift = shift_.to(at::kFloat).contiguous();
+    const at::Tensor scale = float_contiguous(scale_), shift = float_contiguous(shift_);
     const at::Tensor res = residual ? contiguous_as(residual->to(x.scalar_type()), cl) : at::Tensor();
     const at::Tensor tgt = target ? contiguous_as(target->to(x.scalar_type()), cl) : at::Tensor();
     const int64_t chunk = 8 * kThreads * 4;  // elements per block

@@ -14,6 +14,15 @@ inline void check_per_channel(const at::Tensor& x, const at::Tensor& v, const ch
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected a floating-point input, got ", x.scalar_type());
 }
 
+// The folded-BN pair of every fused op: scale and shift, both [C] on the input's device.
+inline void check_scale_shift(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, const char* op) {
+  check_per_channel(x, scale, op, "scale");
+  check_per_channel(x, shift, op, "shift");
+}
+
+// A parameter as the contiguous fp32 tensor the kernels read (they accumulate in fp32 whatever the input dtype).
+inline at::Tensor float_contiguous(const at::Tensor& v) { return v.to(at::kFloat).contiguous(); }
+
 // The memory layout a kernel runs in: channels_last when the input is (or prefers) it, else NCHW.
 inline bool prefers_channels_last(const at::Tensor& x) {
   return x.dim() == 4 && x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
@@ -31,8 +40,7 @@ namespace dna_fast {
 inline void check_dwconv_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                               const at::Tensor& shift, int64_t stride) {
   constexpr const char* op = "dwconv_bn_act";
-  check_per_channel(x, scale, op, "scale");
-  check_per_channel(x, shift, op, "shift");
+  check_scale_shift(x, scale, shift, op);
   TORCH_CHECK(w.dim() == 4 && w.size(0) == x.size(1) && w.size(1) == 1 && w.size(2) == w.size(3), op,
               ": weight must have shape [C, 1, k, k] with C = ", x.size(1), ", got ", w.sizes());
   TORCH_CHECK(w.size(2) == 3 || w.size(2) == 5 || w.size(2) == 7, op, ": unsupported kernel size ", w.size(2),
