@@ -10,6 +10,17 @@ TORCH_LIBRARY(dna_fast, m) {
   // per-(n, c) sums of the output over space [N, C] (else an empty [0] tensor).
   m.def("dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, bool with_sums) "
         "-> (Tensor, Tensor)");
+  // depthwise_conv(x, weight[C, 1, k, k], padding k // 2, stride) of an fp32 input (output channels_last) and, per
+  // output row r = n * H_out + y, the mean [N * H_out, C] and sum of squared deviations from it [N * H_out, C] of the
+  // row's outputs: what train-mode BatchNorm statistics of the output need, from the same pass (CPU).
+  m.def("dwconv_stats(Tensor x, Tensor weight, int stride) -> (Tensor, Tensor, Tensor)");
+  // In place over a contiguous fp32 [rows, C] matrix: x = swish(x * scale + shift) (no scale: 1, no shift: 0); returns
+  // the column sums of the result per group of rows / groups consecutive rows [groups, C] (groups = 0: [0, C]) (CPU).
+  m.def("swish_rows_(Tensor(a!) x, Tensor? scale, Tensor? shift, int groups) -> Tensor");
+  // sum((y + offset + shift)^2) over [rows, C] y and offset, shift [C], as a 0-d fp64 tensor (CPU).
+  m.def("sq_err_sum(Tensor y, Tensor offset, Tensor shift) -> Tensor");
+  // swish(x @ weight + bias) for x [rows, K], weight [K, N], bias [N] -> [rows, N] (CPU).
+  m.def("linear_swish(Tensor x, Tensor weight, Tensor bias) -> Tensor");
   // SE gate per sample: sigmoid(w_expand @ swish(w_reduce @ pooled + b_reduce) + b_expand), pooled [N, C] -> [N, C].
   m.def("se_gate(Tensor pooled, Tensor w_reduce, Tensor b_reduce, Tensor w_expand, Tensor b_expand) -> Tensor");
   // conv1x1(x * gate[:, :, None, None], weight) * scale + shift (+ residual) -> [N, Co, H, W]; with target: the fp32

@@ -18,6 +18,7 @@ batches. The evaluation walk then folds each node's statistics into its weights.
 from __future__ import annotations
 
 import copy
+import gc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,17 +33,8 @@ from .rating import recalibrate_bn
 
 __all__ = ["rate_block_sse"]
 
-# NOTE dna_fast.ops.scale_shift_swish after a plain mm (instead of BN folded into addmm + silu_) measured 1.2-1.6x
-# slower end to end on the 2-core CPU (A/B interleaved, block 1 of dna, batch 4); the native dwconv_bn_act was not
-# faster than mkldnn's channels_last depthwise conv + silu_ either. Switch on to retry on other machines.
-_NATIVE_BN_ACT = False
-# NOTE also tried, A/B interleaved end to end (batch 4), and not faster here: oneDNN's depthwise conv with a fused
-# swish epilogue (torch.ops.mkldnn._convolution_pointwise) instead of conv + silu_; the SE gate folded into
-# per-image projection weights (baddbmm) instead of one gating pass; a glibc without mmap / trimming (no change, so
-# no per-level workspaces either).
-_FUSED_DW = False
-_GATE_IN_PROJ = False
-
+# The fused native passes on CPU in fp32 (see _Walker); False runs plain PyTorch everywhere (tests compare both).
+_NATIVE = True
 
 @dataclass
 class _Group:
@@ -221,101 +213,145 @@ def _bn_train_(h: Tensor, gamma: Tensor, beta: Tensor, eps: Tensor | float, norm
     return mean, var * (rows / max(rows - 1, 1))
 
 
-class _Walker:
-    """Depth-first walk of one cell's trie, in eval mode (fold stats) or calibration mode (batch stats)."""
+def _fold(gamma: Tensor, beta: Tensor, eps: Tensor | float, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    """Eval-mode BN as y = x * scale + shift."""
+    scale = gamma * torch.rsqrt(var + eps)
+    return scale, beta - mean * scale
 
-    def __init__(self, layers: list[_Layer], dtype: torch.dtype, n_ops: int) -> None:
+
+def _input_moments(x2: Tensor) -> tuple[Tensor, Tensor]:
+    """fp64 column mean and biased covariance of a [rows, C] matrix (C small: a node's input)."""
+    xd = x2.double()
+    mean = xd.mean(0)
+    xc = xd - mean
+    return mean, (xc.t() @ xc) / xd.shape[0]
+
+
+class _Walker:
+    """Depth-first walk of one cell's trie, in eval mode (fold stats) or calibration mode (batch stats).
+
+    Two implementations of a node's sibling ops: ``native`` (CPU fp32 with the extension) runs the fused passes of
+    ``dna_fast.ops`` (bias + swish in place, the depthwise conv with BN + swish + SE sums in its epilogue, the last
+    layer's squared error without its residual tensor; under calibration the expansion's BN statistics come from
+    the input's moments and the depthwise conv's from its own pass); otherwise plain PyTorch (BN folded into the
+    matmuls, mkldnn / cuDNN depthwise conv, silu in place).
+    """
+
+    def __init__(self, layers: list[_Layer], dtype: torch.dtype, n_ops: int, native: bool) -> None:
         self.layers = layers
         self.dtype = dtype
         self.n_ops = n_ops
         self.low = dtype != torch.float32
+        self.native = native
+        self._folded: dict[int, tuple] = {}  # id(stats of a group) -> folded parameters (stats outlive the walk)
+
+    def _fold_group(self, g: _Group, st: tuple) -> tuple:
+        key = id(st)
+        hit = self._folded.get(key)
+        if hit is not None and hit[0] is st:
+            return hit[1]
+        m1, v1, m2, v2, m3, v3 = st
+        dt = self.dtype
+        s1, t1 = _fold(g.g1, g.b1, g.eps1, m1, v1)
+        s2, t2 = _fold(g.g2, g.b2, g.eps2, m2, v2)
+        proj = []
+        for j in range(len(g.ops)):
+            s3, t3 = _fold(g.g3[j], g.b3[j], g.eps3[j], m3[j], v3[j])
+            proj.append(((g.w_pwl[j] * s3).to(dt), t3))
+        out = ((g.w_pw * s1).to(dt), t1, s2, t2, (g.w_dw * s2.view(-1, 1, 1, 1)).to(dt), t2.to(dt), proj)
+        self._folded[key] = (st, out)
+        return out
 
     # one group's hidden activation: 1x1 expand + BN + swish, depthwise + BN + swish, SE gate
-    def _hidden(self, g: _Group, x2: Tensor, n: int, h: int, w: int, st: tuple | None, calib: list | None,
-                defer_gate: bool = False) -> tuple[Tensor, int, int, Tensor | None]:
+    def _hidden(self, g: _Group, x2: Tensor, n: int, h: int, w: int, folded: tuple | None, calib: list | None,
+                moments: tuple[Tensor, Tensor] | None) -> tuple[Tensor, int, int]:
         dt = self.dtype
         mid = g.w_pw.shape[1]
-        if calib is None:
-            m1, v1, m2, v2 = st[0], st[1], st[2], st[3]
-            s1 = g.g1 * torch.rsqrt(v1 + g.eps1)
-            t1 = g.b1 - m1 * s1
-            if _ops.HAS_NATIVE and _NATIVE_BN_ACT:
-                hid = torch.mm(x2, g.w_pw.to(dt))
-                h4 = _ops.scale_shift_swish(hid.view(n, h, w, mid).permute(0, 3, 1, 2), s1, t1)
-            else:  # BN folded into the expansion
-                hid = F.silu(torch.addmm(t1.to(dt), x2, (g.w_pw * s1).to(dt)), inplace=True)
-                h4 = hid.view(n, h, w, mid).permute(0, 3, 1, 2)
-        else:
-            hid = torch.mm(x2, g.w_pw.to(dt))
-            calib += list(_bn_train_(hid, g.g1, g.b1, g.eps1))
-            F.silu(hid, inplace=True)
-            h4 = hid.view(n, h, w, mid).permute(0, 3, 1, 2)
-        if calib is None:
-            s2 = g.g2 * torch.rsqrt(v2 + g.eps2)
-            t2 = g.b2 - m2 * s2
-            w2, b2 = (g.w_dw * s2.view(-1, 1, 1, 1)).to(dt), t2.to(dt)
-            if _FUSED_DW and h4.device.type == "cpu" and dt == torch.float32:  # oneDNN conv with swish epilogue
-                d = torch.ops.mkldnn._convolution_pointwise(h4, w2, b2, [g.pad] * 2, [g.stride] * 2, [1, 1], mid,
-                                                            "swish", [], "")
+        rows = x2.shape[0]
+        pooled = None
+        if self.native:
+            if calib is None:
+                w1, t1, s2, t2 = folded[0], folded[1], folded[2], folded[3]
+                hid = _ops.linear_swish(x2, w1, t1)
+                d, sums = _ops.dwconv_bn_act(hid.view(n, h, w, mid).permute(0, 3, 1, 2), g.w_dw, s2, t2, g.stride,
+                                             with_sums=True)
+                ho, wo = d.shape[2], d.shape[3]
+                pooled = sums.div_(ho * wo)
+                d2 = d.permute(0, 2, 3, 1).view(n * ho * wo, mid)
             else:
-                d = F.conv2d(h4, w2, b2, g.stride, g.pad, 1, mid)
-                F.silu(d, inplace=True)
+                # the expansion is linear: its batch statistics follow from the input's mean and covariance, so
+                # its BN folds into the weights before the matmul as in eval mode
+                wd = g.w_pw.double()
+                mean1 = moments[0] @ wd
+                var1 = ((moments[1] @ wd) * wd).sum(0)
+                s1, t1 = _fold(g.g1, g.b1, g.eps1, mean1.float(), var1.float())
+                calib += [mean1.float(), (var1 * (rows / max(rows - 1, 1))).float()]
+                hid = _ops.linear_swish(x2, g.w_pw * s1, t1)
+                d, rmean, rm2 = _ops.dwconv_stats(hid.view(n, h, w, mid).permute(0, 3, 1, 2), g.w_dw, g.stride)
+                ho, wo = d.shape[2], d.shape[3]
+                mean2, var2 = _ops.merge_row_stats(rmean, rm2, wo)
+                rows2 = n * ho * wo
+                s2, t2 = _fold(g.g2, g.b2, g.eps2, mean2.float(), var2.float())
+                calib += [mean2.float(), (var2 * (rows2 / max(rows2 - 1, 1))).float()]
+                d2 = d.permute(0, 2, 3, 1).view(rows2, mid)
+                pooled = _ops.swish_rows_(d2, s2, t2, n).div_(ho * wo)
         else:
-            d = F.conv2d(h4, g.w_dw.to(dt), None, g.stride, g.pad, 1, mid)
-        del hid, h4
-        ho, wo = d.shape[2], d.shape[3]
-        d = d.permute(0, 2, 3, 1)
-        if not d.is_contiguous():
-            d = d.contiguous()
-        d2 = d.view(n * ho * wo, mid)
-        if calib is not None:
-            calib += list(_bn_train_(d2, g.g2, g.b2, g.eps2))
-            F.silu(d2, inplace=True)
+            if calib is None:
+                w1, t1, w2, b2 = folded[0], folded[1], folded[4], folded[5]
+                hid = F.silu(torch.addmm(t1.to(dt), x2, w1), inplace=True)
+                h4 = hid.view(n, h, w, mid).permute(0, 3, 1, 2)
+                d = F.silu(F.conv2d(h4, w2, b2, g.stride, g.pad, 1, mid), inplace=True)
+            else:
+                hid = torch.mm(x2, g.w_pw.to(dt))
+                calib += list(_bn_train_(hid, g.g1, g.b1, g.eps1))
+                F.silu(hid, inplace=True)
+                h4 = hid.view(n, h, w, mid).permute(0, 3, 1, 2)
+                d = F.conv2d(h4, g.w_dw.to(dt), None, g.stride, g.pad, 1, mid)
+            del hid
+            ho, wo = d.shape[2], d.shape[3]
+            d = d.permute(0, 2, 3, 1)
+            if not d.is_contiguous():
+                d = d.contiguous()
+            d2 = d.view(n * ho * wo, mid)
+            if calib is not None:
+                calib += list(_bn_train_(d2, g.g2, g.b2, g.eps2))
+                F.silu(d2, inplace=True)
         if g.has_se:
             d3 = d2.view(n, ho * wo, mid)
-            pooled = d3.mean(1, dtype=torch.float32) if self.low else d3.mean(1)
+            if pooled is None:
+                pooled = d3.mean(1, dtype=torch.float32) if self.low else d3.mean(1)
             r = F.silu(torch.addmm(g.br, pooled, g.wr))
             gate = torch.sigmoid(torch.addmm(g.be, r, g.we))
-            if defer_gate:  # the caller scales the projection weights per image instead
-                return d2, ho, wo, gate
             d3.mul_(gate.to(dt).unsqueeze(1))
-        return d2, ho, wo, None
+        return d2, ho, wo
 
     def siblings(self, level: int, x2: Tensor, n: int, h: int, w: int, st: list[tuple] | None,
                  calib: list | None = None, target: Tensor | None = None):
         """Yield (op index, child activation [n*ho*wo, out] or squared error, ho, wo) for every op of a layer.
 
-        With ``target`` (last layer) the output is reduced to its sum of squared errors (a 0-d fp32 tensor).
-        With ``calib`` (a list) BNs use batch statistics and their (mean, unbiased var) are appended to it.
+        With ``target`` (last layer; it holds skip - teacher) the output is reduced to its sum of squared errors (a
+        0-d tensor). With ``calib`` (a list) BNs use batch statistics and their (mean, unbiased var) are appended.
         """
         layer = self.layers[level]
         dt = self.dtype
+        moments = _input_moments(x2) if calib is not None and self.native else None
         for gi, g in enumerate(layer.groups):
-            stg = st[gi] if st is not None else None
-            defer = calib is None and g.has_se and _GATE_IN_PROJ
-            d2, ho, wo, gate = self._hidden(g, x2, n, h, w, stg, calib, defer)
+            folded = self._fold_group(g, st[gi]) if calib is None else None
+            d2, ho, wo = self._hidden(g, x2, n, h, w, folded, calib, moments)
             k3 = []
             for j, k in enumerate(g.ops):
                 o, m = g.offs[j], g.mids[j]
                 sl = d2[:, o:o + m]
                 if calib is None:
-                    s3 = g.g3[j] * torch.rsqrt(stg[5][j] + g.eps3[j])
-                    t3 = g.b3[j] - stg[4][j] * s3
-                    w3 = g.w_pwl[j] * s3
-                    if gate is not None:  # SE gate folded into per-image projection weights: [n, mid_k, out]
-                        w3n = (gate[:, o:o + m, None] * w3).to(dt)
-                        sl3 = sl.view(n, ho * wo, m) if sl.is_contiguous() else d2.view(n, ho * wo, -1)[:, :, o:o + m]
-                        if target is not None and not self.low:
-                            r = torch.baddbmm((target + t3).view(n, ho * wo, -1), sl3, w3n)
-                            yield k, torch.dot(r.view(-1), r.view(-1)), ho, wo
-                            continue
-                        y = torch.baddbmm(t3.to(dt), sl3, w3n).view(n * ho * wo, -1)
-                    elif target is not None and not self.low:
-                        r = torch.addmm(target + t3, sl, w3)  # target holds skip - teacher
+                    w3, t3 = folded[6][j]
+                    if target is not None and self.native:
+                        yield k, _ops.sq_err_sum(torch.mm(sl, w3), target, t3), ho, wo
+                        continue
+                    if target is not None and not self.low:
+                        r = torch.addmm(target + t3, sl, w3)
                         yield k, torch.dot(r.view(-1), r.view(-1)), ho, wo
                         continue
-                    else:
-                        y = torch.addmm(t3.to(dt), sl, w3.to(dt))
+                    y = torch.addmm(t3.to(dt), sl, w3)
                 else:
                     y = torch.mm(sl, g.w_pwl[j].to(dt))
                     # the last layer's calibration needs only its statistics, not its normalized output
@@ -361,6 +397,22 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
                    dtype: torch.dtype, device: torch.device, chunk_size: int | None = None, progress: bool = False,
                    candidates: Sequence[int] | None = None) -> np.ndarray:
     """Per-candidate sum of squared errors over ``pairs`` (``space.candidates(i)`` order, float64 numpy)."""
+    # NOTE the walk makes many short-lived tuples, lists and generator frames, all freed by reference counting; left
+    # on, Python's cyclic GC ran full collections over the whole heap (torch, pandas, the supernet) and took ~10 % of
+    # the CPU time (perf, block 1 of dna). Paused for the walk, restored after.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _rate_block_sse(supernet, i, pairs, calib, dtype=dtype, device=device, chunk_size=chunk_size,
+                               progress=progress, candidates=candidates)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor]], calib: list[Tensor] | None, *,
+                    dtype: torch.dtype, device: torch.device, chunk_size: int | None, progress: bool,
+                    candidates: Sequence[int] | None) -> np.ndarray:
     space = supernet.space
     spec = space.blocks[i]
     block = supernet.blocks[i]
@@ -376,6 +428,8 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
         return csum[hi] > csum[lo]
 
     low = dtype != torch.float32
+    # the fused CPU passes of dna_fast.ops (fp32; their depthwise conv pads k // 2 like timm's MBConv)
+    native = _NATIVE and _ops.HAS_NATIVE and device.type == "cpu" and not low
     # the stem of block 0 has no choice: recalibrate it once, then it maps images to the trie's input
     inputs = [x for x, _ in pairs]
     calib_in = calib
@@ -397,6 +451,7 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
     for c, cell in enumerate(spec.cells):
         layers = [_build_layer(block.cells[c].layers[layer].ops, device) for layer in range(cell.depth)]
         plans.append(layers)
+        native = native and all(g.pad == g.kernel // 2 for layer in layers for g in layer.groups)
     for x in inputs:
         cs = chunk_size or _default_chunk(x.shape[0], plans[0], x.shape[-2:], device)
         total_chunks += math.ceil(x.shape[0] / cs)
@@ -409,7 +464,7 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
         if not wanted(base, base + size):
             base += size
             continue
-        walker = _Walker(layers, dtype, K)
+        walker = _Walker(layers, dtype, K, native)
         stats: dict[tuple, list[tuple]] | None = None
         if calib_in is not None:
             accs: dict[tuple, _StatsAcc] = {}

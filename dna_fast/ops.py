@@ -189,6 +189,123 @@ if HAS_NATIVE:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# passes of the rating engine over channels_last activations seen as [rows, C] matrices (CPU kernels; the
+# references run anywhere): dwconv_stats, swish_rows_, linear_swish, sq_err_sum
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _native_cpu(*tensors: Tensor) -> bool:
+    return HAS_NATIVE and all(t.device.type == "cpu" for t in tensors)
+
+
+def dwconv_stats_reference(x: Tensor, weight: Tensor, stride: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    """Plain PyTorch in fp32: the conv output (channels_last) and, per output row ``r = n * H_out + y``, the mean and
+    the sum of squared deviations from it of the row's ``W_out`` outputs, each ``[N * H_out, C]``."""
+    k = weight.shape[-1]
+    y = torch.nn.functional.conv2d(x.float(), weight.float(), stride=stride, padding=k // 2, groups=x.shape[1])
+    n, c, ho, wo = y.shape
+    rows = y.permute(0, 2, 3, 1).reshape(n * ho, wo, c)
+    mean = rows.mean(1)
+    return y.contiguous(memory_format=torch.channels_last), mean, (rows - mean[:, None]).square().sum(1)
+
+
+def dwconv_stats(x: Tensor, weight: Tensor, stride: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    """Depthwise conv (padding ``k // 2``, no bias) of an fp32 ``[N, C, H, W]`` input plus what train-mode BatchNorm
+    statistics of its output need, from the same pass: per output row the mean and sum of squared deviations
+    ``[N * H_out, C]`` (merge them with ``merge_row_stats``). The output is channels_last. Native on CPU (register-
+    tiled AVX2 when C % 8 == 0), the reference elsewhere."""
+    if _native_cpu(x, weight):
+        return torch.ops.dna_fast.dwconv_stats(x, weight, stride)
+    return dwconv_stats_reference(x, weight, stride)
+
+
+def merge_row_stats(mean: Tensor, m2: Tensor, per_row: int) -> tuple[Tensor, Tensor]:
+    """Batch mean and biased variance (fp64) over all rows from per-row means / sums of squared deviations of
+    ``per_row`` values each (Chan et al.'s pairwise combination)."""
+    mean, m2 = mean.double(), m2.double()
+    mu = mean.mean(0)
+    total = m2.sum(0) + per_row * (mean - mu).square().sum(0)
+    return mu, total / (mean.shape[0] * per_row)
+
+
+def swish_rows_reference(x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None,
+                         groups: int = 0) -> tuple[Tensor, Tensor]:
+    """Plain PyTorch, out of place: ``(swish(x * scale + shift), column sums per group of rows)``."""
+    z = x.float()
+    if scale is not None:
+        z = z * scale.float()
+    if shift is not None:
+        z = z + shift.float()
+    y = torch.nn.functional.silu(z)
+    sums = y.view(groups, -1, y.shape[1]).sum(1) if groups else y.new_zeros((0, y.shape[1]))
+    return y.to(x.dtype), sums
+
+
+def swish_rows_(x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None, groups: int = 0) -> Tensor:
+    """In place over a contiguous fp32 ``[rows, C]`` matrix: ``x = swish(x * scale + shift)`` (a missing scale is 1,
+    a missing shift 0). Returns the column sums of the result over each of ``groups`` equal groups of consecutive
+    rows ``[groups, C]`` (the SE squeeze of ``groups`` images), ``[0, C]`` for ``groups=0``."""
+    if _native_cpu(x):
+        return torch.ops.dna_fast.swish_rows_(x, scale, shift, groups)
+    y, sums = swish_rows_reference(x, scale, shift, groups)
+    x.copy_(y)
+    return sums
+
+
+def linear_swish_reference(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Plain PyTorch: ``silu(x @ weight + bias)``."""
+    return torch.nn.functional.silu(torch.addmm(bias.to(x.dtype), x, weight.to(x.dtype)))
+
+
+def linear_swish(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``swish(x @ weight + bias)`` for ``x`` ``[rows, K]``, ``weight`` ``[K, N]``, ``bias`` ``[N]``: an MBConv's 1x1
+    expansion on channels_last rows with its folded BN and activation in one register-blocked pass (native on CPU
+    for fp32 with N % 8 == 0; plain PyTorch otherwise)."""
+    if _native_cpu(x, weight, bias):
+        return torch.ops.dna_fast.linear_swish(x, weight, bias)
+    return linear_swish_reference(x, weight, bias)
+
+
+def sq_err_sum_reference(y: Tensor, offset: Tensor, shift: Tensor) -> Tensor:
+    """Plain PyTorch in fp64: ``((y + offset + shift) ** 2).sum()``."""
+    return (y.double() + offset.double() + shift.double()).square().sum()
+
+
+def sq_err_sum(y: Tensor, offset: Tensor, shift: Tensor) -> Tensor:
+    """``sum((y + offset + shift) ** 2)`` over ``[rows, C]`` ``y`` and ``offset`` with a per-column ``shift`` ``[C]``,
+    as a 0-d fp64 tensor: the last layer's squared error (y the projection, offset the residual minus the target,
+    shift the folded BN shift) without materializing the difference."""
+    if _native_cpu(y, offset, shift):
+        return torch.ops.dna_fast.sq_err_sum(y, offset, shift)
+    return sq_err_sum_reference(y, offset, shift)
+
+
+if HAS_NATIVE:
+
+    @torch.library.register_fake("dna_fast::dwconv_stats")
+    def _(x, weight, stride):
+        k = weight.shape[-1]
+        n, c = x.shape[0], x.shape[1]
+        ho, wo = _dw_out(x.shape[2], k, stride), _dw_out(x.shape[3], k, stride)
+        y = x.new_empty((n, c, ho, wo)).contiguous(memory_format=torch.channels_last)
+        return y, x.new_empty((n * ho, c)), x.new_empty((n * ho, c))
+
+    @torch.library.register_fake("dna_fast::swish_rows_")
+    def _(x, scale, shift, groups):
+        return x.new_empty((groups, x.shape[1]))
+
+    @torch.library.register_fake("dna_fast::linear_swish")
+    def _(x, weight, bias):
+        torch._check(x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[0],
+                     lambda: "linear_swish: expected x [rows, K] and weight [K, N]")
+        return x.new_empty((x.shape[0], weight.shape[1]))
+
+    @torch.library.register_fake("dna_fast::sq_err_sum")
+    def _(y, offset, shift):
+        return y.new_empty((), dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # se_gate: the squeeze-excitation MLP of one layer, per sample
 # --------------------------------------------------------------------------------------------------------------
 

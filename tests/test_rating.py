@@ -283,11 +283,11 @@ def test_rate_two_ranks_gloo(mini, tmp_path):
         np.testing.assert_allclose(on_disk["loss"], t["loss"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("flag", ["_NATIVE_BN_ACT", "_FUSED_DW", "_GATE_IN_PROJ"])
-def test_engine_variants_exact(mini, monkeypatch, flag):
-    # the engine's alternative code paths (off by default: not faster on the test machine) stay exact
+@pytest.mark.parametrize("with_calib", [False, True])
+def test_engine_plain_pytorch_path_exact(mini, monkeypatch, with_calib):
+    # the plain PyTorch sibling evaluation (GPU, half precision, no extension) stays exact on the CPU too
     import dna_fast._rating_engine as engine
 
-    monkeypatch.setattr(engine, flag, True)
-    pairs, _ = _data(mini.space, 2, 16, batch=2, n=1, seed=11)
-    _assert_same(rate_block(mini, 2, pairs), rate_block_naive(mini, 2, pairs))
+    monkeypatch.setattr(engine, "_NATIVE", False)
+    pairs, calib = _data(mini.space, 2, 16, batch=2, n=1, seed=11, calib=1 if with_calib else 0)
+    _assert_same(rate_block(mini, 2, pairs, calib=calib), rate_block_naive(mini, 2, pairs, calib=calib))

@@ -21,6 +21,7 @@
 #include "dna_fast/cpu_vec.h"
 #include "dna_fast/dwconv.h"
 #include "dna_fast/math.h"
+#include "nhwc_avx2.h"
 
 namespace dna_fast {
 namespace {
@@ -186,6 +187,35 @@ void run_conv_epilogue(const at::Tensor& x, const at::Tensor& w, const float* sc
   }
 }
 
+// Whether the direct channels_last kernel (nhwc_avx2.h) runs: fp32, C a multiple of 8, built with AVX2 + FMA.
+inline bool use_nhwc(const at::Tensor& x, bool cl) {
+#ifdef DNA_FAST_NHWC_AVX2
+  return cl && x.scalar_type() == at::kFloat && x.size(1) % 8 == 0;
+#else
+  (void)x;
+  (void)cl;
+  return false;
+#endif
+}
+
+#ifdef DNA_FAST_NHWC_AVX2
+// channels_last fp32: the register-tiled direct kernel with BN + swish (+ sums) in its epilogue, one pass.
+void run_nhwc(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& shift, int64_t k,
+              int64_t s, at::Tensor& y, float* sums) {
+  const int64_t N = x.size(0), C = x.size(1), Ho = y.size(2), Wo = y.size(3);
+  const at::Tensor wt = w.view({C, k * k}).t().contiguous();
+  at::Tensor rows = sums ? at::zeros({N, Ho, C}, x.options()) : at::Tensor();
+  const nhwc::RowEpilogue epi{true, scale.const_data_ptr<float>(), shift.const_data_ptr<float>()};
+  TORCH_INTERNAL_ASSERT(nhwc::dw_forward(x.const_data_ptr<float>(), N, x.size(2), x.size(3), C,
+                                         wt.const_data_ptr<float>(), k, s, Ho, Wo, y.mutable_data_ptr<float>(), epi,
+                                         sums ? rows.mutable_data_ptr<float>() : nullptr, nullptr, nullptr));
+  if (sums) {
+    const at::Tensor total = rows.sum(1);
+    std::copy(total.const_data_ptr<float>(), total.const_data_ptr<float>() + N * C, sums);
+  }
+}
+#endif
+
 // The direct kernel wins on wide NCHW planes with k <= 5 (its row loop vectorizes over output columns); elsewhere
 // oneDNN's depthwise conv + the fused epilogue is faster (measured at the dna shapes, batch 16, see benchmarks/).
 inline bool use_direct(bool cl, int64_t k, int64_t Wo) { return !cl && k <= 5 && Wo >= 24; }
@@ -212,6 +242,12 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cpu(const at::Tensor& x_, const
     y.copy_(y32);
     return {y, with_sums ? s32 : sums};
   }
+#ifdef DNA_FAST_NHWC_AVX2
+  if (use_nhwc(x, cl)) {
+    run_nhwc(x, w, scale, shift, k, stride, y, sp);
+    return {y, sums};
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_bn_act_cpu", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
       if (use_direct(cl, k, Wo))

@@ -1,0 +1,119 @@
+"""The rating engine's fused CPU passes (dna_fast.ops: dwconv_bn_act's direct channels_last kernel, dwconv_stats,
+swish_rows_, linear_swish, sq_err_sum) against their plain PyTorch references: odd sizes, channel counts on and off
+the 8-wide fast path, empty inputs, extreme values, opcheck and clear errors."""
+
+import pytest
+import torch
+
+from dna_fast import ops
+
+pytestmark = pytest.mark.skipif(not ops.HAS_NATIVE, reason="dna_fast._C not built")
+
+SPATIAL = [(1, 1), (2, 3), (7, 7), (9, 13), (15, 16), (28, 28)]
+
+
+def _cl(x):
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("c", [8, 24, 40])
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_dwconv_bn_act_channels_last_direct(c, k):
+    # fp32 channels_last with C % 8 == 0 runs the register-tiled kernel (7-column tiles, padding skipped at edges)
+    for n in (0, 1, 3):
+        for h, w in SPATIAL:
+            for stride in (1, 2):
+                x = _cl(torch.randn(n, c, h, w))
+                wt, sc, sh = torch.randn(c, 1, k, k) * 0.3, torch.rand(c) + 0.5, torch.randn(c) * 0.2
+                y, sums = ops.dwconv_bn_act(x, wt, sc, sh, stride, with_sums=True)
+                yr, sr = ops.dwconv_bn_act_reference(x, wt, sc, sh, stride, with_sums=True)
+                assert n == 0 or y.is_contiguous(memory_format=torch.channels_last)
+                torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(sums, sr, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("c", [5, 8, 32])
+def test_dwconv_stats_matches_reference(c):
+    for k in (3, 5, 7):
+        for h, w in SPATIAL:
+            for stride in (1, 2):
+                x = torch.randn(2, c, h, w) + 3.0  # an offset: the row statistics must not cancel
+                wt = torch.randn(c, 1, k, k) * 0.3
+                got = ops.dwconv_stats(x, wt, stride)
+                want = ops.dwconv_stats_reference(x, wt, stride)
+                assert got[0].is_contiguous(memory_format=torch.channels_last)
+                for a, b in zip(got, want):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+                # merged: the batch mean and biased variance of the conv output per channel
+                mean, var = ops.merge_row_stats(got[1], got[2], got[0].shape[3])
+                ref_var, ref_mean = torch.var_mean(want[0].double(), dim=(0, 2, 3), correction=0)
+                torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(var, ref_var, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("c", [3, 8, 40])
+def test_swish_rows_matches_reference(c):
+    for rows, groups in ((0, 0), (1, 1), (13, 0), (64, 4), (64, 64)):
+        x = torch.randn(rows, c) * 4
+        for scale, shift in ((None, None), (None, torch.randn(c)), (torch.randn(c), torch.randn(c))):
+            want, want_sums = ops.swish_rows_reference(x, scale, shift, groups)
+            got = x.clone()
+            sums = ops.swish_rows_(got, scale, shift, groups)
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+            assert sums.shape == (groups, c)
+            torch.testing.assert_close(sums, want_sums, rtol=1e-5, atol=1e-5)
+
+
+def test_swish_rows_extreme_values():
+    z = torch.tensor([-1e4, -200.0, -88.0, -80.0, -20.0, -1e-3, 0.0, 1e-3, 20.0, 88.0, 200.0, 1e4], dtype=torch.float32)
+    x = z.repeat(8, 1).t().contiguous().view(-1, 8).clone()  # 8 channels: the vector path
+    want = torch.nn.functional.silu(x)
+    ops.swish_rows_(x)
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(x, want, rtol=1e-6, atol=1e-30)
+    nan = torch.full((1, 8), float("nan"))
+    ops.swish_rows_(nan)
+    assert nan.isnan().all()
+
+
+def test_linear_swish_matches_reference():
+    for r, k, n in ((3136, 40, 360), (13, 7, 48), (5, 24, 8), (9, 16, 40), (4, 3, 5), (0, 8, 16)):
+        x = torch.randn(r, k)
+        w, b = torch.randn(k, n) * 0.3, torch.randn(n) * 0.2
+        torch.testing.assert_close(ops.linear_swish(x, w, b), ops.linear_swish_reference(x, w, b), rtol=1e-5,
+                                   atol=1e-5)
+    x = torch.randn(10, 2 * 24)[:, ::2]  # a non-contiguous input
+    w, b = torch.randn(24, 32), torch.randn(32)
+    torch.testing.assert_close(ops.linear_swish(x, w, b), ops.linear_swish_reference(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_sq_err_sum_matches_reference():
+    for r, c in ((0, 8), (1, 8), (37, 80), (5, 3)):
+        y, off, sh = torch.randn(r, c), torch.randn(r, c), torch.randn(c)
+        got = ops.sq_err_sum(y, off, sh)
+        assert got.dtype == torch.float64 and got.dim() == 0
+        torch.testing.assert_close(got, ops.sq_err_sum_reference(y, off, sh), rtol=1e-6, atol=1e-6)
+
+
+def test_opcheck():
+    x = _cl(torch.randn(2, 8, 9, 7))
+    torch.library.opcheck(torch.ops.dna_fast.dwconv_stats, (x, torch.randn(8, 1, 5, 5), 2))
+    torch.library.opcheck(torch.ops.dna_fast.swish_rows_, (torch.randn(12, 16), torch.randn(16), torch.randn(16), 3))
+    torch.library.opcheck(torch.ops.dna_fast.swish_rows_, (torch.randn(12, 16), None, None, 0))
+    torch.library.opcheck(torch.ops.dna_fast.linear_swish, (torch.randn(9, 40), torch.randn(40, 24), torch.randn(24)))
+    torch.library.opcheck(torch.ops.dna_fast.sq_err_sum, (torch.randn(9, 16), torch.randn(9, 16), torch.randn(16)))
+
+
+def test_user_errors():
+    with pytest.raises(RuntimeError, match="groups = 5 must be 0"):
+        ops.swish_rows_(torch.randn(12, 8), None, None, 5)
+    with pytest.raises(RuntimeError, match="contiguous 2-D"):
+        ops.swish_rows_(torch.randn(12, 16)[:, ::2])
+    with pytest.raises(RuntimeError, match=r"shift must have shape \[C\] = \[8\]"):
+        ops.swish_rows_(torch.randn(12, 8), None, torch.randn(7))
+    with pytest.raises(RuntimeError, match="unsupported kernel size 4"):
+        ops.dwconv_stats(torch.randn(1, 8, 5, 5), torch.randn(8, 1, 4, 4))
+    with pytest.raises(RuntimeError, match=r"expected x \[rows, K\] and weight \[K, N\]"):
+        ops.linear_swish(torch.randn(4, 5), torch.randn(6, 8), torch.randn(8))
+    with pytest.raises(RuntimeError, match="offset has shape"):
+        ops.sq_err_sum(torch.randn(4, 8), torch.randn(3, 8), torch.randn(8))
