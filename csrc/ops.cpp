@@ -17,10 +17,18 @@ TORCH_LIBRARY(dna_fast, m) {
   // In place over a contiguous fp32 [rows, C] matrix: x = swish(x * scale + shift) (no scale: 1, no shift: 0); returns
   // the column sums of the result per group of rows / groups consecutive rows [groups, C] (groups = 0: [0, C]) (CPU).
   m.def("swish_rows_(Tensor(a!) x, Tensor? scale, Tensor? shift, int groups) -> Tensor");
-  // sum((y + offset + shift)^2) over [rows, C] y and offset, shift [C], as a 0-d fp64 tensor (CPU).
-  m.def("sq_err_sum(Tensor y, Tensor offset, Tensor shift) -> Tensor");
   // swish(x @ weight + bias) for x [rows, K], weight [K, N], bias [N] -> [rows, N] (CPU).
   m.def("linear_swish(Tensor x, Tensor weight, Tensor bias) -> Tensor");
+  // sum(((x * gate) @ weight + offset + shift)^2) for x [rows, K], weight [K, N], offset [rows, N], shift [N] and an
+  // optional gate [groups, K] scaling x's columns per group of rows / groups consecutive rows, as a 0-d fp64 tensor,
+  // without storing the product (CPU).
+  m.def("linear_sq_err(Tensor x, Tensor weight, Tensor offset, Tensor shift, Tensor? gate=None) -> Tensor");
+  // The MBConv expansion swish(x @ w1 + b1) (x [N, Cin, H, W], w1 [Cin, C], b1 [C]) fused into the depthwise conv
+  // that follows it, the expanded rows kept in a ring in cache: expand_dwconv_bn_act as dwconv_bn_act(with_sums=True)
+  // of the expansion, expand_dwconv_stats as dwconv_stats of it (CPU).
+  m.def("expand_dwconv_bn_act(Tensor x, Tensor w1, Tensor b1, Tensor w_dw, Tensor scale, Tensor shift, int stride) "
+        "-> (Tensor, Tensor)");
+  m.def("expand_dwconv_stats(Tensor x, Tensor w1, Tensor b1, Tensor w_dw, int stride) -> (Tensor, Tensor, Tensor)");
   // SE gate per sample: sigmoid(w_expand @ swish(w_reduce @ pooled + b_reduce) + b_expand), pooled [N, C] -> [N, C].
   m.def("se_gate(Tensor pooled, Tensor w_reduce, Tensor b_reduce, Tensor w_expand, Tensor b_expand) -> Tensor");
   // conv1x1(x * gate[:, :, None, None], weight) * scale + shift (+ residual) -> [N, Co, H, W]; with target: the fp32

@@ -264,17 +264,17 @@ class _Walker:
 
     # one group's hidden activation: 1x1 expand + BN + swish, depthwise + BN + swish, SE gate
     def _hidden(self, g: _Group, x2: Tensor, n: int, h: int, w: int, folded: tuple | None, calib: list | None,
-                moments: tuple[Tensor, Tensor] | None) -> tuple[Tensor, int, int]:
+                moments: tuple[Tensor, Tensor] | None, keep_gate: bool = False
+                ) -> tuple[Tensor, int, int, Tensor | None]:
         dt = self.dtype
         mid = g.w_pw.shape[1]
         rows = x2.shape[0]
         pooled = None
         if self.native:
+            x4 = x2.view(n, h, w, -1).permute(0, 3, 1, 2)  # the rows as a channels_last image batch
             if calib is None:
                 w1, t1, s2, t2 = folded[0], folded[1], folded[2], folded[3]
-                hid = _ops.linear_swish(x2, w1, t1)
-                d, sums = _ops.dwconv_bn_act(hid.view(n, h, w, mid).permute(0, 3, 1, 2), g.w_dw, s2, t2, g.stride,
-                                             with_sums=True)
+                d, sums = _ops.expand_dwconv(x4, w1, t1, g.w_dw, s2, t2, g.stride)
                 ho, wo = d.shape[2], d.shape[3]
                 pooled = sums.div_(ho * wo)
                 d2 = d.permute(0, 2, 3, 1).view(n * ho * wo, mid)
@@ -286,8 +286,7 @@ class _Walker:
                 var1 = ((moments[1] @ wd) * wd).sum(0)
                 s1, t1 = _fold(g.g1, g.b1, g.eps1, mean1.float(), var1.float())
                 calib += [mean1.float(), (var1 * (rows / max(rows - 1, 1))).float()]
-                hid = _ops.linear_swish(x2, g.w_pw * s1, t1)
-                d, rmean, rm2 = _ops.dwconv_stats(hid.view(n, h, w, mid).permute(0, 3, 1, 2), g.w_dw, g.stride)
+                d, rmean, rm2 = _ops.expand_dwconv(x4, g.w_pw * s1, t1, g.w_dw, stride=g.stride)
                 ho, wo = d.shape[2], d.shape[3]
                 mean2, var2 = _ops.merge_row_stats(rmean, rm2, wo)
                 rows2 = n * ho * wo
@@ -322,8 +321,10 @@ class _Walker:
                 pooled = d3.mean(1, dtype=torch.float32) if self.low else d3.mean(1)
             r = F.silu(torch.addmm(g.br, pooled, g.wr))
             gate = torch.sigmoid(torch.addmm(g.be, r, g.we))
+            if keep_gate:  # the caller folds it into the projection (linear_sq_err)
+                return d2, ho, wo, gate
             d3.mul_(gate.to(dt).unsqueeze(1))
-        return d2, ho, wo
+        return d2, ho, wo, None
 
     def siblings(self, level: int, x2: Tensor, n: int, h: int, w: int, st: list[tuple] | None,
                  calib: list | None = None, target: Tensor | None = None):
@@ -337,7 +338,8 @@ class _Walker:
         moments = _input_moments(x2) if calib is not None and self.native else None
         for gi, g in enumerate(layer.groups):
             folded = self._fold_group(g, st[gi]) if calib is None else None
-            d2, ho, wo = self._hidden(g, x2, n, h, w, folded, calib, moments)
+            fold_gate = self.native and calib is None and target is not None
+            d2, ho, wo, gate = self._hidden(g, x2, n, h, w, folded, calib, moments, fold_gate)
             k3 = []
             for j, k in enumerate(g.ops):
                 o, m = g.offs[j], g.mids[j]
@@ -345,7 +347,8 @@ class _Walker:
                 if calib is None:
                     w3, t3 = folded[6][j]
                     if target is not None and self.native:
-                        yield k, _ops.sq_err_sum(torch.mm(sl, w3), target, t3), ho, wo
+                        gk = None if gate is None else gate[:, o:o + m].contiguous()
+                        yield k, _ops.linear_sq_err(sl, w3, target, t3, gk), ho, wo
                         continue
                     if target is not None and not self.low:
                         r = torch.addmm(target + t3, sl, w3)

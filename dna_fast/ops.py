@@ -190,7 +190,7 @@ if HAS_NATIVE:
 
 # --------------------------------------------------------------------------------------------------------------
 # passes of the rating engine over channels_last activations seen as [rows, C] matrices (CPU kernels; the
-# references run anywhere): dwconv_stats, swish_rows_, linear_swish, sq_err_sum
+# references run anywhere): dwconv_stats, swish_rows_, linear_swish, expand_dwconv, linear_sq_err
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -266,18 +266,51 @@ def linear_swish(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return linear_swish_reference(x, weight, bias)
 
 
-def sq_err_sum_reference(y: Tensor, offset: Tensor, shift: Tensor) -> Tensor:
-    """Plain PyTorch in fp64: ``((y + offset + shift) ** 2).sum()``."""
-    return (y.double() + offset.double() + shift.double()).square().sum()
+def expand_dwconv_reference(x: Tensor, w1: Tensor, b1: Tensor, w_dw: Tensor, scale: Tensor | None = None,
+                            shift: Tensor | None = None, stride: int = 1) -> tuple[Tensor, ...]:
+    """Plain PyTorch: the expansion ``h = swish(x @ w1 + b1)`` over the channels of ``x`` ``[N, Cin, H, W]``, then
+    ``dwconv_bn_act_reference(h, w_dw, scale, shift, stride, with_sums=True)`` (with scale/shift) or
+    ``dwconv_stats_reference(h, w_dw, stride)`` (without)."""
+    n, cin, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(n * h * w, cin)
+    hid = linear_swish_reference(rows.float(), w1, b1).view(n, h, w, -1).permute(0, 3, 1, 2)
+    if scale is None:
+        return dwconv_stats_reference(hid, w_dw, stride)
+    return dwconv_bn_act_reference(hid, w_dw, scale, shift, stride, with_sums=True)
 
 
-def sq_err_sum(y: Tensor, offset: Tensor, shift: Tensor) -> Tensor:
-    """``sum((y + offset + shift) ** 2)`` over ``[rows, C]`` ``y`` and ``offset`` with a per-column ``shift`` ``[C]``,
-    as a 0-d fp64 tensor: the last layer's squared error (y the projection, offset the residual minus the target,
-    shift the folded BN shift) without materializing the difference."""
-    if _native_cpu(y, offset, shift):
-        return torch.ops.dna_fast.sq_err_sum(y, offset, shift)
-    return sq_err_sum_reference(y, offset, shift)
+def expand_dwconv(x: Tensor, w1: Tensor, b1: Tensor, w_dw: Tensor, scale: Tensor | None = None,
+                  shift: Tensor | None = None, stride: int = 1) -> tuple[Tensor, ...]:
+    """An MBConv's 1x1 expansion (with its folded BN and swish: ``swish(x @ w1 + b1)``, ``w1`` ``[Cin, C]``) fused
+    into the depthwise conv that follows: the expanded rows are made in a ring of ``k`` rows right before the conv
+    reads them, so the expansion never goes through memory. With ``scale``/``shift``: ``(swish(conv * scale +
+    shift), sums over space [N, C])`` as ``dwconv_bn_act(..., with_sums=True)``; without: ``(conv, row means, row
+    M2)`` as ``dwconv_stats``. fp32 on CPU (register-tiled AVX2 when C % 8 == 0), the reference elsewhere."""
+    if _native_cpu(x, w1, b1, w_dw) and x.dtype == torch.float32:
+        if scale is None:
+            return torch.ops.dna_fast.expand_dwconv_stats(x, w1, b1, w_dw, stride)
+        return torch.ops.dna_fast.expand_dwconv_bn_act(x, w1, b1, w_dw, scale, shift, stride)
+    return expand_dwconv_reference(x, w1, b1, w_dw, scale, shift, stride)
+
+
+def linear_sq_err_reference(x: Tensor, weight: Tensor, offset: Tensor, shift: Tensor,
+                            gate: Tensor | None = None) -> Tensor:
+    """Plain PyTorch in fp64: ``(((x * gate) @ weight + offset + shift) ** 2).sum()``."""
+    xd = x.double()
+    if gate is not None:
+        xd = (xd.view(gate.shape[0], -1, xd.shape[1]) * gate.double()[:, None]).view(xd.shape)
+    return (xd @ weight.double() + offset.double() + shift.double()).square().sum()
+
+
+def linear_sq_err(x: Tensor, weight: Tensor, offset: Tensor, shift: Tensor, gate: Tensor | None = None) -> Tensor:
+    """``sum(((x * gate) @ weight + offset + shift) ** 2)`` as a 0-d fp64 tensor, the product never stored: the last
+    layer's SE gate, projection and loss in one pass (``x`` its hidden rows ``[rows, K]``, ``gate`` ``[images, K]``
+    scaling each image's consecutive rows, ``weight`` ``[K, N]`` with the BN scale folded in, ``shift`` the BN shift,
+    ``offset`` the residual minus the teacher's feature ``[rows, N]``). Native on CPU for fp32 with N % 8 == 0 (the
+    gate folded into one weight matrix per image); plain PyTorch otherwise."""
+    if _native_cpu(x, weight, offset, shift):
+        return torch.ops.dna_fast.linear_sq_err(x, weight, offset, shift, gate)
+    return linear_sq_err_reference(x, weight, offset, shift, gate)
 
 
 if HAS_NATIVE:
@@ -300,9 +333,24 @@ if HAS_NATIVE:
                      lambda: "linear_swish: expected x [rows, K] and weight [K, N]")
         return x.new_empty((x.shape[0], weight.shape[1]))
 
-    @torch.library.register_fake("dna_fast::sq_err_sum")
-    def _(y, offset, shift):
-        return y.new_empty((), dtype=torch.float64)
+    def _expand_dw_fake(x, w1, w_dw, stride):
+        k, c = w_dw.shape[-1], w1.shape[1]
+        n, ho, wo = x.shape[0], _dw_out(x.shape[2], k, stride), _dw_out(x.shape[3], k, stride)
+        return x.new_empty((n, c, ho, wo)).contiguous(memory_format=torch.channels_last), n, ho, c
+
+    @torch.library.register_fake("dna_fast::expand_dwconv_bn_act")
+    def _(x, w1, b1, w_dw, scale, shift, stride):
+        y, n, _, c = _expand_dw_fake(x, w1, w_dw, stride)
+        return y, x.new_empty((n, c))
+
+    @torch.library.register_fake("dna_fast::expand_dwconv_stats")
+    def _(x, w1, b1, w_dw, stride):
+        y, n, ho, c = _expand_dw_fake(x, w1, w_dw, stride)
+        return y, x.new_empty((n * ho, c)), x.new_empty((n * ho, c))
+
+    @torch.library.register_fake("dna_fast::linear_sq_err")
+    def _(x, weight, offset, shift, gate=None):
+        return x.new_empty((), dtype=torch.float64)
 
 
 # --------------------------------------------------------------------------------------------------------------

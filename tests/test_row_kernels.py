@@ -1,6 +1,6 @@
 """The rating engine's fused CPU passes (dna_fast.ops: dwconv_bn_act's direct channels_last kernel, dwconv_stats,
-swish_rows_, linear_swish, sq_err_sum) against their plain PyTorch references: odd sizes, channel counts on and off
-the 8-wide fast path, empty inputs, extreme values, opcheck and clear errors."""
+swish_rows_, linear_swish, expand_dwconv, linear_sq_err) against their plain PyTorch references: odd sizes, channel
+counts on and off the 8-wide fast path, empty inputs, extreme values, opcheck and clear errors."""
 
 import pytest
 import torch
@@ -87,12 +87,37 @@ def test_linear_swish_matches_reference():
     torch.testing.assert_close(ops.linear_swish(x, w, b), ops.linear_swish_reference(x, w, b), rtol=1e-5, atol=1e-5)
 
 
-def test_sq_err_sum_matches_reference():
-    for r, c in ((0, 8), (1, 8), (37, 80), (5, 3)):
-        y, off, sh = torch.randn(r, c), torch.randn(r, c), torch.randn(c)
-        got = ops.sq_err_sum(y, off, sh)
+@pytest.mark.parametrize("c", [16, 40, 12])
+def test_expand_dwconv_matches_reference(c):
+    # the expansion computed row by row into a ring in front of the conv: every kernel size, stride, odd size
+    for k in (3, 5, 7):
+        for n, (h, w) in ((2, (9, 13)), (1, (1, 1)), (3, (7, 7)), (1, (16, 15))):
+            for stride in (1, 2):
+                x = _cl(torch.randn(n, 24, h, w))
+                w1, b1 = torch.randn(24, c) * 0.3, torch.randn(c) * 0.2
+                wd, sc, sh = torch.randn(c, 1, k, k) * 0.3, torch.rand(c) + 0.5, torch.randn(c) * 0.2
+                got = ops.expand_dwconv(x, w1, b1, wd, sc, sh, stride)
+                want = ops.expand_dwconv_reference(x, w1, b1, wd, sc, sh, stride)
+                for a, b in zip(got, want):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+                got = ops.expand_dwconv(x, w1, b1, wd, stride=stride)
+                want = ops.expand_dwconv_reference(x, w1, b1, wd, stride=stride)
+                for a, b in zip(got, want):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_sq_err_matches_reference():
+    for r, k, n, groups in ((3136, 240, 80, 4), (784, 120, 40, 1), (37, 24, 16, 1), (10, 8, 5, 2), (0, 8, 16, 1)):
+        x, w = torch.randn(r, k), torch.randn(k, n) * 0.2
+        off, sh = torch.randn(r, n), torch.randn(n)
+        gate = torch.rand(groups, k) if groups > 1 else None
+        got = ops.linear_sq_err(x, w, off, sh, gate)
         assert got.dtype == torch.float64 and got.dim() == 0
-        torch.testing.assert_close(got, ops.sq_err_sum_reference(y, off, sh), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got, ops.linear_sq_err_reference(x, w, off, sh, gate), rtol=1e-6, atol=1e-6)
+    x = torch.randn(64, 360)[:, 120:360]  # a column slice of a wider matrix, as the engine passes it
+    w, off, sh, gate = torch.randn(240, 80) * 0.1, torch.randn(64, 80), torch.randn(80), torch.rand(4, 240)
+    torch.testing.assert_close(ops.linear_sq_err(x, w, off, sh, gate), ops.linear_sq_err_reference(x, w, off, sh, gate),
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_opcheck():
@@ -101,7 +126,12 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.dna_fast.swish_rows_, (torch.randn(12, 16), torch.randn(16), torch.randn(16), 3))
     torch.library.opcheck(torch.ops.dna_fast.swish_rows_, (torch.randn(12, 16), None, None, 0))
     torch.library.opcheck(torch.ops.dna_fast.linear_swish, (torch.randn(9, 40), torch.randn(40, 24), torch.randn(24)))
-    torch.library.opcheck(torch.ops.dna_fast.sq_err_sum, (torch.randn(9, 16), torch.randn(9, 16), torch.randn(16)))
+    sq_args = (torch.randn(9, 24), torch.randn(24, 16), torch.randn(9, 16), torch.randn(16), torch.rand(3, 24))
+    torch.library.opcheck(torch.ops.dna_fast.linear_sq_err, sq_args)
+    exp_args = (x, torch.randn(8, 16), torch.randn(16), torch.randn(16, 1, 3, 3), torch.rand(16), torch.randn(16), 1)
+    torch.library.opcheck(torch.ops.dna_fast.expand_dwconv_bn_act, exp_args)
+    torch.library.opcheck(torch.ops.dna_fast.expand_dwconv_stats,
+                          (x, torch.randn(8, 16), torch.randn(16), torch.randn(16, 1, 7, 7), 2))
 
 
 def test_user_errors():
@@ -115,5 +145,9 @@ def test_user_errors():
         ops.dwconv_stats(torch.randn(1, 8, 5, 5), torch.randn(8, 1, 4, 4))
     with pytest.raises(RuntimeError, match=r"expected x \[rows, K\] and weight \[K, N\]"):
         ops.linear_swish(torch.randn(4, 5), torch.randn(6, 8), torch.randn(8))
-    with pytest.raises(RuntimeError, match="offset has shape"):
-        ops.sq_err_sum(torch.randn(4, 8), torch.randn(3, 8), torch.randn(8))
+    with pytest.raises(RuntimeError, match=r"offset must have shape \[4, 8\]"):
+        ops.linear_sq_err(torch.randn(4, 5), torch.randn(5, 8), torch.randn(3, 8), torch.randn(8))
+    with pytest.raises(RuntimeError, match="groups dividing the 4 rows"):
+        ops.linear_sq_err(torch.randn(4, 5), torch.randn(5, 8), torch.randn(4, 8), torch.randn(8), torch.rand(3, 5))
+    with pytest.raises(RuntimeError, match=r"w1 must have shape \[Cin, C\]"):
+        ops.expand_dwconv(torch.randn(1, 4, 5, 5), torch.randn(3, 8), torch.randn(8), torch.randn(8, 1, 3, 3))

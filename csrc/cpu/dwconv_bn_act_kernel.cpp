@@ -206,9 +206,10 @@ void run_nhwc(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
   const at::Tensor wt = w.view({C, k * k}).t().contiguous();
   at::Tensor rows = sums ? at::zeros({N, Ho, C}, x.options()) : at::Tensor();
   const nhwc::RowEpilogue epi{true, scale.const_data_ptr<float>(), shift.const_data_ptr<float>()};
+  const nhwc::RowOutputs out{sums ? rows.mutable_data_ptr<float>() : nullptr, nullptr, nullptr};
   TORCH_INTERNAL_ASSERT(nhwc::dw_forward(x.const_data_ptr<float>(), N, x.size(2), x.size(3), C,
                                          wt.const_data_ptr<float>(), k, s, Ho, Wo, y.mutable_data_ptr<float>(), epi,
-                                         sums ? rows.mutable_data_ptr<float>() : nullptr, nullptr, nullptr));
+                                         out));
   if (sums) {
     const at::Tensor total = rows.sum(1);
     std::copy(total.const_data_ptr<float>(), total.const_data_ptr<float>() + N * C, sums);

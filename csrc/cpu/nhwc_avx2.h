@@ -16,15 +16,18 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace dna_fast::nhwc {
+
+#define DNA_NHWC_INLINE inline __attribute__((always_inline))
 
 // swish(z) = z / (1 + 2^(-z log2 e)) on 8 lanes, with few multiplies (the FMA pipes bound it): 2^t = 2^n 2^f with
 // n = round(t), f = t - n in [-0.5, 0.5] exact, 2^f by a degree-5 minimax polynomial (2.3e-7 relative in fp32), 2^n
 // through the exponent bits; the reciprocal by rcp + one Newton step (~1e-7 relative). t is clamped to [-125, 115]
 // so every intermediate stays a normal float: below z = -79 the result is z * 2^-115 (|.| < 1e-32) instead of
 // z * exp(z). NaN stays NaN through the final product.
-inline __m256 swish8(__m256 z) {
+DNA_NHWC_INLINE __m256 swish8(__m256 z) {
   __m256 t = _mm256_mul_ps(z, _mm256_set1_ps(-1.44269504088896341f));
   t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-125.f)), _mm256_set1_ps(115.f));
   const __m256 fn = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -43,8 +46,6 @@ inline __m256 swish8(__m256 z) {
 
 // Output columns per register tile.
 constexpr int kTile = 7;
-// Channels per block of a row pass (a multiple of 8).
-constexpr int64_t kChannelBlock = 360;
 
 // What a row pass does with the conv outputs of 8 channels.
 struct RowEpilogue {
@@ -53,14 +54,14 @@ struct RowEpilogue {
   const float* sh;  // [C] (act only)
 };
 
-// T consecutive outputs (columns ox0 .. ox0 + T - 1 of output row oy) for the 8 channels at `x` / `w` / `y`: x points
-// at image n, channel c0 ([H, W, C] fp32); w at tap 0, channel c0 of the [K * K, C] tap-major weights; y at output
-// row oy, channel c0. The epilogue (act with vs / vb) is applied and the stored outputs are added to psum. kCheck:
-// some input columns of the tile fall in the zero padding (skipped). Everything indexes with constants after
-// unrolling, so the accumulators live in registers.
+// T consecutive outputs (columns ox0 .. ox0 + T - 1 of one output row) for the 8 channels at offset c: rows[ky] points
+// at the input row the tap row ky reads ([W, C] fp32, channel 0) or is null (zero padding); w at tap 0, channel c of
+// the [K * K, C] tap-major weights; y at the output row, channel c. The epilogue (act with vs / vb) is applied and the
+// stored outputs are added to psum. kCheck: some input columns of the tile fall in the zero padding (skipped).
+// Everything indexes with constants after unrolling, so the accumulators live in registers.
 template <int K, int S, int T, bool kCheck>
-inline void dw_tile(const float* __restrict__ x, int64_t H, int64_t W, int64_t C, const float* __restrict__ w,
-                    int64_t oy, int64_t ox0, float* __restrict__ y, bool act, __m256 vs, __m256 vb, __m256& psum) {
+inline void dw_tile(const float* const* rows, int64_t c, int64_t W, int64_t C, const float* __restrict__ w,
+                    int64_t ox0, float* __restrict__ y, bool act, __m256 vs, __m256 vb, __m256& psum) {
   __m256 acc[T];
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
@@ -68,9 +69,8 @@ inline void dw_tile(const float* __restrict__ x, int64_t H, int64_t W, int64_t C
   const int64_t ix0 = ox0 * S - K / 2;
 #pragma GCC unroll 7
   for (int ky = 0; ky < K; ++ky) {
-    const int64_t iy = oy * S - K / 2 + ky;
-    if (iy < 0 || iy >= H) continue;
-    const float* row = x + iy * W * C;
+    if (rows[ky] == nullptr) continue;
+    const float* row = rows[ky] + c;
     __m256 wk[K];
 #pragma GCC unroll 7
     for (int kx = 0; kx < K; ++kx) wk[kx] = _mm256_loadu_ps(w + (ky * K + kx) * C);
@@ -95,48 +95,44 @@ inline void dw_tile(const float* __restrict__ x, int64_t H, int64_t W, int64_t C
   }
 }
 
-// Output row oy of image n for all channels: y[oy, :, :] from x[n]. Tiles outer, channels inner: a tile's input
-// (K rows x its columns x all C) streams contiguously along the channels. pool (optional): += the row's outputs per
-// channel ([C]). stats_mean / stats_m2 (optional): the row's per-channel mean and sum of squared deviations of y (a
-// second pass over the row while it is in cache).
+// One output row y [Wo, C] from the K input rows it reads (rows[ky] as in dw_tile), all channels; tiles outer,
+// channels inner (a tile's input streams contiguously along the channels). pool (optional): += the row's outputs
+// per channel ([C]). stats_mean / stats_m2 (optional): the row's per-channel mean and sum of squared deviations of y
+// (a second pass over the row while it is in cache).
 template <int K, int S>
-void dw_row(const float* __restrict__ x, int64_t H, int64_t W, int64_t C, const float* __restrict__ w, int64_t oy,
-            int64_t Wo, float* __restrict__ y, const RowEpilogue& epi, float* __restrict__ pool,
-            float* __restrict__ stats_mean, float* __restrict__ stats_m2) {
+void dw_row(const float* const* rows, int64_t W, int64_t C, const float* __restrict__ w, int64_t Wo,
+            float* __restrict__ y, const RowEpilogue& epi, float* __restrict__ pool, float* __restrict__ stats_mean,
+            float* __restrict__ stats_m2) {
   float* sums = stats_mean ? stats_mean : pool;  // stats: the row sums go to stats_mean first
   if (stats_mean) std::fill(stats_mean, stats_mean + C, 0.f);
-  auto run = [&](auto tile, int64_t ox, int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; c += 8) {
+  auto run = [&](auto tile, int64_t ox) {
+    for (int64_t c = 0; c < C; c += 8) {
       const __m256 vs = epi.act ? _mm256_loadu_ps(epi.sc + c) : _mm256_setzero_ps();
       const __m256 vb = epi.act ? _mm256_loadu_ps(epi.sh + c) : _mm256_setzero_ps();
       __m256 psum = _mm256_setzero_ps();
-      tile(x + c, w + c, y + c, vs, vb, psum, ox);
+      tile(c, vs, vb, psum, ox);
       if (sums) _mm256_storeu_ps(sums + c, _mm256_add_ps(_mm256_loadu_ps(sums + c), psum));
     }
   };
-  // channel blocks of kChannelBlock: the block's K input rows stay in L1 from one tile to the next
-  for (int64_t c0 = 0; c0 < C; c0 += kChannelBlock) {
-  const int64_t c1 = std::min(C, c0 + kChannelBlock);
   int64_t ox = 0;
   for (; ox + kTile <= Wo; ox += kTile) {
-    const bool edge = ox * S - K / 2 < 0 || (ox + kTile - 1) * S - K / 2 + K > W;
-    if (edge)
-      run([&](const float* xc, const float* wc, float* yc, __m256 vs, __m256 vb, __m256& ps, int64_t o) {
-        dw_tile<K, S, kTile, true>(xc, H, W, C, wc, oy, o, yc, epi.act, vs, vb, ps);
-      }, ox, c0, c1);
+    if (ox * S - K / 2 < 0 || (ox + kTile - 1) * S - K / 2 + K > W)
+      run([&](int64_t c, __m256 vs, __m256 vb, __m256& ps, int64_t o) {
+        dw_tile<K, S, kTile, true>(rows, c, W, C, w + c, o, y + c, epi.act, vs, vb, ps);
+      }, ox);
     else
-      run([&](const float* xc, const float* wc, float* yc, __m256 vs, __m256 vb, __m256& ps, int64_t o) {
-        dw_tile<K, S, kTile, false>(xc, H, W, C, wc, oy, o, yc, epi.act, vs, vb, ps);
-      }, ox, c0, c1);
+      run([&](int64_t c, __m256 vs, __m256 vb, __m256& ps, int64_t o) {
+        dw_tile<K, S, kTile, false>(rows, c, W, C, w + c, o, y + c, epi.act, vs, vb, ps);
+      }, ox);
   }
   for (; ox < Wo; ++ox)
-    run([&](const float* xc, const float* wc, float* yc, __m256 vs, __m256 vb, __m256& ps, int64_t o) {
-      dw_tile<K, S, 1, true>(xc, H, W, C, wc, oy, o, yc, epi.act, vs, vb, ps);
-    }, ox, c0, c1);
-  }
+    run([&](int64_t c, __m256 vs, __m256 vb, __m256& ps, int64_t o) {
+      dw_tile<K, S, 1, true>(rows, c, W, C, w + c, o, y + c, epi.act, vs, vb, ps);
+    }, ox);
   if (!stats_mean) return;
   const __m256 inv = _mm256_set1_ps(1.f / static_cast<float>(Wo));
-  for (int64_t c = 0; c < C; c += 8) _mm256_storeu_ps(stats_mean + c, _mm256_mul_ps(_mm256_loadu_ps(stats_mean + c), inv));
+  for (int64_t c = 0; c < C; c += 8)
+    _mm256_storeu_ps(stats_mean + c, _mm256_mul_ps(_mm256_loadu_ps(stats_mean + c), inv));
   std::fill(stats_m2, stats_m2 + C, 0.f);
   for (int64_t o = 0; o < Wo; ++o) {
     const float* yo = y + o * C;
@@ -147,8 +143,8 @@ void dw_row(const float* __restrict__ x, int64_t H, int64_t W, int64_t C, const 
   }
 }
 
-using RowFn = void (*)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, float*,
-                       const RowEpilogue&, float*, float*, float*);
+using RowFn = void (*)(const float* const*, int64_t, int64_t, const float*, int64_t, float*, const RowEpilogue&,
+                       float*, float*, float*);
 
 inline RowFn dw_row_fn(int64_t k, int64_t s) {
 #define DNA_NHWC_CASE(K_, S_) \
@@ -159,19 +155,31 @@ inline RowFn dw_row_fn(int64_t k, int64_t s) {
   return nullptr;
 }
 
-// The whole conv: x [N, H, W, C], wt [K * K, C] tap-major, y [N, Ho, Wo, C]; rows of outputs in parallel. Per output
-// row r = n * Ho + oy (each [N * Ho, C], optional): row_pool = the row's sums of y, stats_mean / stats_m2 as in
-// dw_row. Returns false (nothing written) for an unsupported k / stride.
+// Per-output-row outputs of a conv pass (each [N * Ho, C] at row r = n * Ho + oy, all optional): row_pool = the
+// row's sums of y, stats_mean / stats_m2 as in dw_row.
+struct RowOutputs {
+  float* pool;
+  float* mean;
+  float* m2;
+  float* at(float* p, int64_t r, int64_t C) const { return p ? p + r * C : nullptr; }
+};
+
+// The whole conv: x [N, H, W, C], wt [K * K, C] tap-major, y [N, Ho, Wo, C]; rows of outputs in parallel. Returns
+// false (nothing written) for an unsupported k / stride.
 inline bool dw_forward(const float* x, int64_t N, int64_t H, int64_t W, int64_t C, const float* wt, int64_t k,
-                       int64_t s, int64_t Ho, int64_t Wo, float* y, const RowEpilogue& epi, float* row_pool,
-                       float* stats_mean, float* stats_m2) {
+                       int64_t s, int64_t Ho, int64_t Wo, float* y, const RowEpilogue& epi, const RowOutputs& out) {
   const RowFn row = dw_row_fn(k, s);
   if (row == nullptr) return false;
   at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
+    const float* rows[7];
     for (int64_t r = b; r < e; ++r) {
       const int64_t n = r / Ho, oy = r % Ho;
-      row(x + n * H * W * C, H, W, C, wt, oy, Wo, y + r * Wo * C, epi, row_pool ? row_pool + r * C : nullptr,
-          stats_mean ? stats_mean + r * C : nullptr, stats_m2 ? stats_m2 + r * C : nullptr);
+      for (int64_t ky = 0; ky < k; ++ky) {
+        const int64_t iy = oy * s - k / 2 + ky;
+        rows[ky] = iy < 0 || iy >= H ? nullptr : x + (n * H + iy) * W * C;
+      }
+      row(rows, W, C, wt, Wo, y + r * Wo * C, epi, out.at(out.pool, r, C), out.at(out.mean, r, C),
+          out.at(out.m2, r, C));
     }
   });
   return true;
@@ -195,15 +203,12 @@ inline void swish_rows(float* __restrict__ v, int64_t n, int64_t C, const float*
   }
 }
 
-// swish(x @ w + bias) for x [R, K] (row stride ldx), w [K, N] row-major, bias [N]; writes y [R, N] (row stride ldy).
-// A register-blocked GEMM for the small K of an MBConv expansion (the block width, 16 .. 320): 4 rows x 24 columns
-// of accumulators (12 ymm) per tile, the K loop broadcasting x and loading 3 vectors of w per step, then bias and
-// swish on the accumulators before the single store. Column blocks outer (a 24-column panel of w stays in L1),
-// rows inner. N % 8 == 0; columns past the last multiple of 24 take 8-wide tiles, rows past the last multiple of 4
-// one-row tiles.
-template <int RB, int CB>  // rows, ymm columns per tile
-inline void gemm_swish_tile(const float* __restrict__ x, int64_t ldx, const float* __restrict__ w, int64_t N,
-                            int64_t K, const float* __restrict__ bias, float* __restrict__ y, int64_t ldy) {
+// Register-blocked fp32 GEMM tiles for the small matmuls of an MBConv (K = a block width or a hidden width, N a
+// multiple of 8): RB rows x CB ymm columns of accumulators, the K loop broadcasting x and loading CB vectors of w,
+// then `epi(r, c, acc)` on every accumulator (column offset 8 c) instead of a store of the product.
+template <int RB, int CB, typename Epi>
+DNA_NHWC_INLINE void gemm_tile(const float* __restrict__ x, int64_t ldx, const float* __restrict__ w, int64_t ldw, int64_t K,
+                      Epi&& epi) {
   __m256 acc[RB][CB];
 #pragma GCC unroll 4
   for (int r = 0; r < RB; ++r)
@@ -212,7 +217,7 @@ inline void gemm_swish_tile(const float* __restrict__ x, int64_t ldx, const floa
   for (int64_t k = 0; k < K; ++k) {
     __m256 b[CB];
 #pragma GCC unroll 3
-    for (int c = 0; c < CB; ++c) b[c] = _mm256_loadu_ps(w + k * N + 8 * c);
+    for (int c = 0; c < CB; ++c) b[c] = _mm256_loadu_ps(w + k * ldw + 8 * c);
 #pragma GCC unroll 4
     for (int r = 0; r < RB; ++r) {
       const __m256 a = _mm256_broadcast_ss(x + r * ldx + k);
@@ -221,48 +226,122 @@ inline void gemm_swish_tile(const float* __restrict__ x, int64_t ldx, const floa
     }
   }
 #pragma GCC unroll 3
-  for (int c = 0; c < CB; ++c) {
-    const __m256 vb = _mm256_loadu_ps(bias + 8 * c);
+  for (int c = 0; c < CB; ++c)
 #pragma GCC unroll 4
-    for (int r = 0; r < RB; ++r) _mm256_storeu_ps(y + r * ldy + 8 * c, swish8(_mm256_add_ps(acc[r][c], vb)));
-  }
+    for (int r = 0; r < RB; ++r) epi(r, c, acc[r][c]);
 }
 
-// Rows [r0, r1) of the whole product (all columns).
-inline void gemm_swish_rows(const float* x, int64_t ldx, const float* w, int64_t N, int64_t K, const float* bias,
-                            float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  int64_t c = 0;
-  for (; c + 24 <= N; c += 24) {
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) gemm_swish_tile<4, 3>(x + r * ldx, ldx, w + c, N, K, bias + c, y + r * ldy + c, ldy);
-    for (; r < r1; ++r) gemm_swish_tile<1, 3>(x + r * ldx, ldx, w + c, N, K, bias + c, y + r * ldy + c, ldy);
+// Epilogue of gemm_swish_rows: y = swish(acc + bias) (a struct, not a lambda: GCC then keeps the tile's
+// accumulators in registers).
+struct SwishStore {
+  float* y;
+  int64_t ldy;
+  const float* bias;
+  DNA_NHWC_INLINE void operator()(int i, int j, __m256 acc) const {
+    _mm256_storeu_ps(y + i * ldy + 8 * j, swish8(_mm256_add_ps(acc, _mm256_loadu_ps(bias + 8 * j))));
   }
-  for (; c < N; c += 8) {
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) gemm_swish_tile<4, 1>(x + r * ldx, ldx, w + c, N, K, bias + c, y + r * ldy + c, ldy);
-    for (; r < r1; ++r) gemm_swish_tile<1, 1>(x + r * ldx, ldx, w + c, N, K, bias + c, y + r * ldy + c, ldy);
-  }
-}
+};
 
-// Sum over `n` rows of C channels of (y + offset + shift)^2 (y, offset [n, C] contiguous, shift [C]); fp32 lanes per
-// row, the rows added in double. C % 8 == 0.
-inline double sq_err_rows(const float* __restrict__ y, const float* __restrict__ off, const float* __restrict__ sh,
-                          int64_t n, int64_t C) {
-  double total = 0.0;
-  for (int64_t r = 0; r < n; ++r, y += C, off += C) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t c = 0; c < C; c += 8) {
-      const __m256 e = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(y + c), _mm256_loadu_ps(off + c)),
-                                     _mm256_loadu_ps(sh + c));
-      acc = _mm256_fmadd_ps(e, e, acc);
+// Rows [r0, r1) x all N columns of x @ w in tiles: blocks of kRowBlock rows outer (their x stays in L2), 24-column
+// panels of w, 4-row tiles (1-row tiles for the rest), 8-column tiles past the last multiple of 24. tile_epi(r, c)
+// returns the epilogue of the tile at row r, column c.
+constexpr int64_t kRowBlock = 64;
+
+template <typename MakeEpi>
+inline void gemm_rows(const float* x, int64_t ldx, const float* w, int64_t N, int64_t K, int64_t r0, int64_t r1,
+                      MakeEpi&& tile_epi) {
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = std::min(r1, rb + kRowBlock);
+    int64_t c = 0;
+    for (; c + 24 <= N; c += 24) {
+      int64_t r = rb;
+      for (; r + 4 <= re; r += 4) gemm_tile<4, 3>(x + r * ldx, ldx, w + c, N, K, tile_epi(r, c));
+      for (; r < re; ++r) gemm_tile<1, 3>(x + r * ldx, ldx, w + c, N, K, tile_epi(r, c));
     }
+    for (; c < N; c += 8) {
+      int64_t r = rb;
+      for (; r + 4 <= re; r += 4) gemm_tile<4, 1>(x + r * ldx, ldx, w + c, N, K, tile_epi(r, c));
+      for (; r < re; ++r) gemm_tile<1, 1>(x + r * ldx, ldx, w + c, N, K, tile_epi(r, c));
+    }
+  }
+}
+
+// y[r, :] = swish(x[r, :] @ w + bias) for rows [r0, r1) (y row stride N).
+inline void gemm_swish_rows(const float* x, int64_t ldx, const float* w, int64_t N, int64_t K, const float* bias,
+                            float* y, int64_t r0, int64_t r1) {
+  gemm_rows(x, ldx, w, N, K, r0, r1, [&](int64_t r, int64_t c) {
+    return SwishStore{y + r * N + c, N, bias + c};
+  });
+}
+
+// Epilogue of gemm_sq_err_rows: sq += (acc + offset + shift)^2 in fp32 lanes.
+struct SqErrAcc {
+  const float* off;
+  int64_t ldo;
+  const float* shift;
+  __m256* sq;
+  DNA_NHWC_INLINE void operator()(int i, int j, __m256 acc) const {
+    const __m256 e = _mm256_add_ps(_mm256_add_ps(acc, _mm256_loadu_ps(off + i * ldo + 8 * j)),
+                                   _mm256_loadu_ps(shift + 8 * j));
+    *sq = _mm256_fmadd_ps(e, e, *sq);
+  }
+};
+
+// sum over rows [r0, r1) of ||x[r, :] @ w + offset[r, :] + shift||^2 (offset row stride N): the product is never
+// stored. fp32 lanes per block of kRowBlock rows, the blocks added in double.
+inline double gemm_sq_err_rows(const float* x, int64_t ldx, const float* w, int64_t N, int64_t K,
+                               const float* off, const float* shift, int64_t r0, int64_t r1) {
+  double total = 0.0;
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    __m256 sq = _mm256_setzero_ps();
+    gemm_rows(x, ldx, w, N, K, rb, std::min(r1, rb + kRowBlock), [&](int64_t r, int64_t c) {
+      return SqErrAcc{off + r * N + c, N, shift + c, &sq};
+    });
     alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, acc);
-    double row = 0.0;
-    for (float l : lanes) row += l;
-    total += row;
+    _mm256_store_ps(lanes, sq);
+    for (float l : lanes) total += l;
   }
   return total;
+}
+
+// The MBConv expansion fused into the depthwise conv: per image, the input rows the conv reads are expanded
+// (swish(x @ w1 + b1), gemm_swish_rows) into a ring of K rows right before their first use, so the expanded
+// activation never leaves L2 (a ring of 7 rows of 28 x 360 channels is 282 KB). x [N, H, W, Cin], w1 [Cin, C],
+// b1 [C], wt [K * K, C], y [N, Ho, Wo, C]; images in parallel, each thread with its own ring. Returns false for an
+// unsupported k / stride.
+inline bool expand_dw_forward(const float* x, int64_t N, int64_t H, int64_t W, int64_t Cin, const float* w1,
+                              const float* b1, int64_t C, const float* wt, int64_t k, int64_t s, int64_t Ho,
+                              int64_t Wo, float* y, const RowEpilogue& epi, const RowOutputs& out) {
+  const RowFn row = dw_row_fn(k, s);
+  if (row == nullptr) return false;
+  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> ring(static_cast<size_t>(k * W * C));
+    int64_t tag[7];
+    const float* rows[7];
+    for (int64_t n = b; n < e; ++n) {
+      std::fill(tag, tag + 7, int64_t{-1});
+      for (int64_t oy = 0; oy < Ho; ++oy) {
+        for (int64_t ky = 0; ky < k; ++ky) {
+          const int64_t iy = oy * s - k / 2 + ky;
+          if (iy < 0 || iy >= H) {
+            rows[ky] = nullptr;
+            continue;
+          }
+          const int64_t slot = iy % k;
+          float* dst = ring.data() + slot * W * C;
+          if (tag[slot] != iy) {
+            gemm_swish_rows(x + (n * H + iy) * W * Cin, Cin, w1, C, Cin, b1, dst, 0, W);
+            tag[slot] = iy;
+          }
+          rows[ky] = dst;
+        }
+        const int64_t r = n * Ho + oy;
+        row(rows, W, C, wt, Wo, y + r * Wo * C, epi, out.at(out.pool, r, C), out.at(out.mean, r, C),
+            out.at(out.m2, r, C));
+      }
+    }
+  });
+  return true;
 }
 
 }  // namespace dna_fast::nhwc

@@ -3,12 +3,14 @@
 //     the conv output without another pass over it);
 //   swish_rows_: in-place swish(x * scale + shift) over a [rows, C] matrix (+ per-group column sums: the SE squeeze);
 //   linear_swish: swish(x @ w + bias), the 1x1 expansion with its folded BN and activation in one register-blocked pass;
-//   sq_err_sum: sum of (y + offset + shift)^2, the last layer's squared error without materializing the residual.
+//   linear_sq_err: sum of ((x * gate) @ w + offset + shift)^2, the last layer's SE gate, projection and loss in one
+//     pass, the product never stored.
 // fp32 with C % 8 == 0 runs the AVX2 kernels of nhwc_avx2.h; anything else runs the same math with ATen ops.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 #include "dna_fast/checks.h"
 #include "dna_fast/dwconv.h"
@@ -55,9 +57,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats_cpu(const at::Tensor
 #ifdef DNA_FAST_NHWC_AVX2
   const at::Tensor wt = w.view({C, k * k}).t().contiguous();
   const nhwc::RowEpilogue epi{false, nullptr, nullptr};
+  const nhwc::RowOutputs out{nullptr, mean.mutable_data_ptr<float>(), m2.mutable_data_ptr<float>()};
   TORCH_INTERNAL_ASSERT(nhwc::dw_forward(x.const_data_ptr<float>(), N, x.size(2), x.size(3), C,
                                          wt.const_data_ptr<float>(), k, stride, Ho, Wo, y.mutable_data_ptr<float>(),
-                                         epi, nullptr, mean.mutable_data_ptr<float>(), m2.mutable_data_ptr<float>()));
+                                         epi, out));
 #endif
   return {y, mean, m2};
 }
@@ -127,36 +130,135 @@ at::Tensor linear_swish_cpu(const at::Tensor& x_, const at::Tensor& w_, const at
   const int64_t ldx = x.stride(0);
   at::parallel_for(0, (R + 3) / 4, 16, [&](int64_t b, int64_t e) {
     nhwc::gemm_swish_rows(xp, ldx, w.const_data_ptr<float>(), N, K, bias.const_data_ptr<float>(),
-                          y.mutable_data_ptr<float>(), N, 4 * b, std::min(R, 4 * e));
+                          y.mutable_data_ptr<float>(), 4 * b, std::min(R, 4 * e));
   });
 #endif
   return y;
 }
 
-at::Tensor sq_err_sum_cpu(const at::Tensor& y_, const at::Tensor& offset_, const at::Tensor& shift_) {
-  constexpr const char* op = "sq_err_sum";
-  TORCH_CHECK(y_.dim() == 2, op, ": expected a 2-D [rows, C] tensor, got ", y_.sizes());
-  TORCH_CHECK(offset_.sizes() == y_.sizes(), op, ": offset has shape ", offset_.sizes(), " but y has ", y_.sizes());
-  const int64_t R = y_.size(0), C = y_.size(1);
-  TORCH_CHECK(shift_.dim() == 1 && shift_.size(0) == C, op, ": shift must have shape [C] = [", C, "], got ",
+// expand_dwconv_bn_act / expand_dwconv_stats: the 1x1 expansion (+ bias + swish) fused into the depthwise conv.
+// x [N, Cin, H, W] (any layout; read as channels_last), w1 [Cin, C], b1 [C], w_dw [C, 1, k, k]. With scale/shift:
+// (swish(conv * scale + shift) channels_last, sums [N, C], empty); without: (conv channels_last, row means, row M2).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> expand_dwconv_impl(const at::Tensor& x_, const at::Tensor& w1_,
+                                                                  const at::Tensor& b1_, const at::Tensor& wdw_,
+                                                                  const at::Tensor* scale_, const at::Tensor* shift_,
+                                                                  int64_t stride, const char* op) {
+  TORCH_CHECK(x_.dim() == 4, op, ": expected a 4-D input [N, Cin, H, W], got ", x_.dim(), "-D");
+  TORCH_CHECK(x_.scalar_type() == at::kFloat, op, ": expected fp32, got ", x_.scalar_type());
+  const int64_t N = x_.size(0), Cin = x_.size(1), H = x_.size(2), W = x_.size(3);
+  TORCH_CHECK(w1_.dim() == 2 && w1_.size(0) == Cin, op, ": w1 must have shape [Cin, C] with Cin = ", Cin, ", got ",
+              w1_.sizes());
+  const int64_t C = w1_.size(1);
+  TORCH_CHECK(b1_.dim() == 1 && b1_.size(0) == C, op, ": b1 must have shape [C] = [", C, "], got ", b1_.sizes());
+  TORCH_CHECK(wdw_.dim() == 4 && wdw_.size(0) == C && wdw_.size(1) == 1 && wdw_.size(2) == wdw_.size(3), op,
+              ": w_dw must have shape [C, 1, k, k] with C = ", C, ", got ", wdw_.sizes());
+  const int64_t k = wdw_.size(2);
+  TORCH_CHECK(dw_kernel_supported(k), op, ": unsupported kernel size ", k, " (supported: 3, 5, 7)");
+  TORCH_CHECK(dw_stride_supported(stride), op, ": unsupported stride ", stride, " (supported: 1, 2)");
+  const bool act = scale_ != nullptr;
+  if (act) {
+    TORCH_CHECK(scale_->dim() == 1 && scale_->size(0) == C && shift_->dim() == 1 && shift_->size(0) == C, op,
+                ": scale and shift must have shape [C] = [", C, "]");
+  }
+  const int64_t Ho = dw_out_size(H, k, stride), Wo = dw_out_size(W, k, stride);
+  const at::Tensor x = x_.contiguous(at::MemoryFormat::ChannelsLast);
+  if (!vectorizable(x, C) || x.numel() == 0 || Ho * Wo == 0) {  // the same math with the separate ops
+    const at::Tensor h = linear_swish_cpu(x.permute({0, 2, 3, 1}).reshape({N * H * W, Cin}), w1_, b1_)
+                             .view({N, H, W, C}).permute({0, 3, 1, 2});
+    if (act) {
+      const at::Tensor z = at::conv2d(h, wdw_.to(at::kFloat), {}, {stride, stride}, {dw_pad(k), dw_pad(k)}, {1, 1}, C);
+      const at::Tensor y = at::silu(z * scale_->to(at::kFloat).view({1, C, 1, 1}) +
+                                    shift_->to(at::kFloat).view({1, C, 1, 1}))
+                               .contiguous(at::MemoryFormat::ChannelsLast);
+      return {y, y.sum({2, 3}), at::empty({0, C}, x.options())};
+    }
+    return dwconv_stats_cpu(h, wdw_, stride);
+  }
+  at::Tensor y = at::empty({N, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor a = at::zeros({N * Ho, C}, x.options()), b = at::empty({act ? 0 : N * Ho, C}, x.options());
+#ifdef DNA_FAST_NHWC_AVX2
+  const at::Tensor w1 = w1_.to(at::kFloat).contiguous(), b1 = float_contiguous(b1_);
+  const at::Tensor wt = wdw_.to(at::kFloat).contiguous().view({C, k * k}).t().contiguous();
+  const at::Tensor scale = act ? float_contiguous(*scale_) : at::Tensor(), shift = act ? float_contiguous(*shift_) : at::Tensor();
+  const nhwc::RowEpilogue epi{act, act ? scale.const_data_ptr<float>() : nullptr,
+                              act ? shift.const_data_ptr<float>() : nullptr};
+  const nhwc::RowOutputs out{act ? a.mutable_data_ptr<float>() : nullptr, act ? nullptr : a.mutable_data_ptr<float>(),
+                             act ? nullptr : b.mutable_data_ptr<float>()};
+  TORCH_INTERNAL_ASSERT(nhwc::expand_dw_forward(x.const_data_ptr<float>(), N, H, W, Cin, w1.const_data_ptr<float>(),
+                                                b1.const_data_ptr<float>(), C, wt.const_data_ptr<float>(), k, stride,
+                                                Ho, Wo, y.mutable_data_ptr<float>(), epi, out));
+#endif
+  if (act) return {y, a.view({N, Ho, C}).sum(1), b};
+  return {y, a, b};
+}
+
+std::tuple<at::Tensor, at::Tensor> expand_dwconv_bn_act_cpu(const at::Tensor& x, const at::Tensor& w1,
+                                                            const at::Tensor& b1, const at::Tensor& w_dw,
+                                                            const at::Tensor& scale, const at::Tensor& shift,
+                                                            int64_t stride) {
+  auto [y, sums, unused] = expand_dwconv_impl(x, w1, b1, w_dw, &scale, &shift, stride, "expand_dwconv_bn_act");
+  return {y, sums};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> expand_dwconv_stats_cpu(const at::Tensor& x, const at::Tensor& w1,
+                                                                       const at::Tensor& b1, const at::Tensor& w_dw,
+                                                                       int64_t stride) {
+  return expand_dwconv_impl(x, w1, b1, w_dw, nullptr, nullptr, stride, "expand_dwconv_stats");
+}
+
+at::Tensor linear_sq_err_cpu(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& offset_,
+                             const at::Tensor& shift_, const std::optional<at::Tensor>& gate_) {
+  constexpr const char* op = "linear_sq_err";
+  TORCH_CHECK(x_.dim() == 2 && w_.dim() == 2 && x_.size(1) == w_.size(0), op,
+              ": expected x [rows, K] and weight [K, N], got ", x_.sizes(), " and ", w_.sizes());
+  const int64_t R = x_.size(0), K = x_.size(1), N = w_.size(1);
+  TORCH_CHECK(offset_.dim() == 2 && offset_.size(0) == R && offset_.size(1) == N, op, ": offset must have shape [",
+              R, ", ", N, "], got ", offset_.sizes());
+  TORCH_CHECK(shift_.dim() == 1 && shift_.size(0) == N, op, ": shift must have shape [N] = [", N, "], got ",
               shift_.sizes());
-  const at::Tensor y = y_.to(at::kFloat).contiguous(), off = offset_.to(at::kFloat).contiguous();
+  const int64_t G = gate_.has_value() ? gate_->size(0) : 1;
+  if (gate_.has_value()) {
+    TORCH_CHECK(gate_->dim() == 2 && gate_->size(1) == K && G > 0 && R % G == 0, op,
+                ": gate must have shape [groups, K] with K = ", K, " and groups dividing the ", R, " rows, got ",
+                gate_->sizes());
+  }
+  const int64_t per = R / G;
+  if (!vectorizable(x_, N) || x_.scalar_type() != at::kFloat || R == 0 || K == 0) {
+    at::Tensor xd = x_.to(at::kDouble);
+    if (gate_.has_value()) xd = (xd.view({G, per, K}) * gate_->to(at::kDouble).unsqueeze(1)).view({R, K});
+    const at::Tensor y = at::mm(xd, w_.to(at::kDouble));
+    return (y + offset_.to(at::kDouble) + shift_.to(at::kDouble)).square().sum();
+  }
+  const at::Tensor x = x_.stride(1) == 1 ? x_ : x_.contiguous();
+  const at::Tensor w = w_.to(at::kFloat).contiguous(), off = offset_.to(at::kFloat).contiguous();
   const at::Tensor shift = float_contiguous(shift_);
-  if (!vectorizable(y, C) || R == 0)
-    return (y.to(at::kDouble) + off.to(at::kDouble) + shift.to(at::kDouble)).square().sum();
+  // the gate scales x's columns per group of rows: fold it into one weight matrix per group instead
+  const at::Tensor wg = gate_.has_value() ? (gate_->to(at::kFloat).unsqueeze(2) * w.unsqueeze(0)).contiguous()
+                                          : w.unsqueeze(0);
   double total = 0.0;
 #ifdef DNA_FAST_NHWC_AVX2
-  total = nhwc::sq_err_rows(y.const_data_ptr<float>(), off.const_data_ptr<float>(), shift.const_data_ptr<float>(), R,
-                            C);
+  const int64_t per_group = (per + nhwc::kRowBlock - 1) / nhwc::kRowBlock, blocks = G * per_group;
+  std::vector<double> part(blocks, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t g = i / per_group, r0 = g * per + (i % per_group) * nhwc::kRowBlock;
+      part[i] = nhwc::gemm_sq_err_rows(x.const_data_ptr<float>(), x.stride(0), wg.const_data_ptr<float>() + g * K * N,
+                                       N, K, off.const_data_ptr<float>(), shift.const_data_ptr<float>(), r0,
+                                       std::min((g + 1) * per, r0 + nhwc::kRowBlock));
+    }
+  });
+  for (double p : part) total += p;
 #endif
-  return at::scalar_tensor(total, y.options().dtype(at::kDouble));
+  return at::scalar_tensor(total, x.options().dtype(at::kDouble));
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dna_fast, CPU, m) {
-  m.impl("sq_err_sum", &sq_err_sum_cpu);
   m.impl("linear_swish", &linear_swish_cpu);
+  m.impl("linear_sq_err", &linear_sq_err_cpu);
+  m.impl("expand_dwconv_bn_act", &expand_dwconv_bn_act_cpu);
+  m.impl("expand_dwconv_stats", &expand_dwconv_stats_cpu);
   m.impl("dwconv_stats", &dwconv_stats_cpu);
   m.impl("swish_rows_", &swish_rows_cpu);
 }
