@@ -23,6 +23,9 @@ TORCH_LIBRARY(dna_fast, m) {
   // optional gate [groups, K] scaling x's columns per group of rows / groups consecutive rows, as a 0-d fp64 tensor,
   // without storing the product (CPU).
   m.def("linear_sq_err(Tensor x, Tensor weight, Tensor offset, Tensor shift, Tensor? gate=None) -> Tensor");
+  // Per column, sum over rows of ((x * gate) @ weight - mean)^2 as fp64 [N] (gate as in linear_sq_err), without
+  // storing the product (CPU).
+  m.def("linear_col_dev(Tensor x, Tensor weight, Tensor mean, Tensor? gate=None) -> Tensor");
   // The MBConv expansion swish(x @ w1 + b1) (x [N, Cin, H, W], w1 [Cin, C], b1 [C]) fused into the depthwise conv
   // that follows it, the expanded rows kept in a ring in cache: expand_dwconv_bn_act as dwconv_bn_act(with_sums=True)
   // of the expansion, expand_dwconv_stats as dwconv_stats of it (CPU).

@@ -265,7 +265,7 @@ class _Walker:
     # one group's hidden activation: 1x1 expand + BN + swish, depthwise + BN + swish, SE gate
     def _hidden(self, g: _Group, x2: Tensor, n: int, h: int, w: int, folded: tuple | None, calib: list | None,
                 moments: tuple[Tensor, Tensor] | None, keep_gate: bool = False
-                ) -> tuple[Tensor, int, int, Tensor | None]:
+                ) -> tuple[Tensor, int, int, Tensor | None, Tensor | None]:
         dt = self.dtype
         mid = g.w_pw.shape[1]
         rows = x2.shape[0]
@@ -321,10 +321,10 @@ class _Walker:
                 pooled = d3.mean(1, dtype=torch.float32) if self.low else d3.mean(1)
             r = F.silu(torch.addmm(g.br, pooled, g.wr))
             gate = torch.sigmoid(torch.addmm(g.be, r, g.we))
-            if keep_gate:  # the caller folds it into the projection (linear_sq_err)
-                return d2, ho, wo, gate
+            if keep_gate:  # the caller folds it into the projection (linear_sq_err / linear_col_dev)
+                return d2, ho, wo, gate, pooled
             d3.mul_(gate.to(dt).unsqueeze(1))
-        return d2, ho, wo, None
+        return d2, ho, wo, None, pooled
 
     def siblings(self, level: int, x2: Tensor, n: int, h: int, w: int, st: list[tuple] | None,
                  calib: list | None = None, target: Tensor | None = None):
@@ -338,8 +338,10 @@ class _Walker:
         moments = _input_moments(x2) if calib is not None and self.native else None
         for gi, g in enumerate(layer.groups):
             folded = self._fold_group(g, st[gi]) if calib is None else None
-            fold_gate = self.native and calib is None and target is not None
-            d2, ho, wo, gate = self._hidden(g, x2, n, h, w, folded, calib, moments, fold_gate)
+            fold_gate = self.native and target is not None
+            d2, ho, wo, gate, pooled = self._hidden(g, x2, n, h, w, folded, calib, moments, fold_gate)
+            if fold_gate and calib is not None:  # column means of the gated hidden rows, from the SE sums
+                colmean = (pooled if gate is None else pooled * gate).double().mean(0)
             k3 = []
             for j, k in enumerate(g.ops):
                 o, m = g.offs[j], g.mids[j]
@@ -355,9 +357,15 @@ class _Walker:
                         yield k, torch.dot(r.view(-1), r.view(-1)), ho, wo
                         continue
                     y = torch.addmm(t3.to(dt), sl, w3)
+                elif fold_gate:  # the last layer's calibration needs only its statistics, never its output
+                    wj = g.w_pwl[j]
+                    mean3 = colmean[o:o + m] @ wj.double()
+                    gk = None if gate is None else gate[:, o:o + m].contiguous()
+                    dev = _ops.linear_col_dev(sl, wj, mean3.float(), gk)
+                    k3.append((mean3.float(), (dev / max(sl.shape[0] - 1, 1)).float()))
+                    continue
                 else:
                     y = torch.mm(sl, g.w_pwl[j].to(dt))
-                    # the last layer's calibration needs only its statistics, not its normalized output
                     k3.append(_bn_train_(y, g.g3[j], g.b3[j], g.eps3[j], normalize=target is None))
                     if target is not None:
                         continue

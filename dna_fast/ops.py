@@ -190,7 +190,7 @@ if HAS_NATIVE:
 
 # --------------------------------------------------------------------------------------------------------------
 # passes of the rating engine over channels_last activations seen as [rows, C] matrices (CPU kernels; the
-# references run anywhere): dwconv_stats, swish_rows_, linear_swish, expand_dwconv, linear_sq_err
+# references run anywhere): dwconv_stats, swish_rows_, linear_swish, expand_dwconv, linear_sq_err, linear_col_dev
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -313,6 +313,24 @@ def linear_sq_err(x: Tensor, weight: Tensor, offset: Tensor, shift: Tensor, gate
     return linear_sq_err_reference(x, weight, offset, shift, gate)
 
 
+def linear_col_dev_reference(x: Tensor, weight: Tensor, mean: Tensor, gate: Tensor | None = None) -> Tensor:
+    """Plain PyTorch in fp64: ``(((x * gate) @ weight - mean) ** 2).sum(0)``."""
+    xd = x.double()
+    if gate is not None:
+        xd = (xd.view(gate.shape[0], -1, xd.shape[1]) * gate.double()[:, None]).view(xd.shape)
+    return (xd @ weight.double() - mean.double()).square().sum(0)
+
+
+def linear_col_dev(x: Tensor, weight: Tensor, mean: Tensor, gate: Tensor | None = None) -> Tensor:
+    """Per column, ``sum(((x * gate) @ weight - mean) ** 2)`` as fp64 ``[N]``, the product never stored: the batch
+    variance of the last layer's projection under BN recalibration (``mean``, its exact column mean, follows from the
+    SE sums and the gate without the product). ``gate`` as in ``linear_sq_err``. Native on CPU for fp32 with
+    N % 8 == 0; plain PyTorch otherwise."""
+    if _native_cpu(x, weight, mean):
+        return torch.ops.dna_fast.linear_col_dev(x, weight, mean, gate)
+    return linear_col_dev_reference(x, weight, mean, gate)
+
+
 if HAS_NATIVE:
 
     @torch.library.register_fake("dna_fast::dwconv_stats")
@@ -347,6 +365,10 @@ if HAS_NATIVE:
     def _(x, w1, b1, w_dw, stride):
         y, n, ho, c = _expand_dw_fake(x, w1, w_dw, stride)
         return y, x.new_empty((n * ho, c)), x.new_empty((n * ho, c))
+
+    @torch.library.register_fake("dna_fast::linear_col_dev")
+    def _(x, weight, mean, gate=None):
+        return x.new_empty((weight.shape[1],), dtype=torch.float64)
 
     @torch.library.register_fake("dna_fast::linear_sq_err")
     def _(x, weight, offset, shift, gate=None):

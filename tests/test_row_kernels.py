@@ -1,6 +1,6 @@
 """The rating engine's fused CPU passes (dna_fast.ops: dwconv_bn_act's direct channels_last kernel, dwconv_stats,
-swish_rows_, linear_swish, expand_dwconv, linear_sq_err) against their plain PyTorch references: odd sizes, channel
-counts on and off the 8-wide fast path, empty inputs, extreme values, opcheck and clear errors."""
+swish_rows_, linear_swish, expand_dwconv, linear_sq_err, linear_col_dev) against their plain PyTorch references: odd
+sizes, channel counts on and off the 8-wide fast path, empty inputs, extreme values, opcheck and clear errors."""
 
 import pytest
 import torch
@@ -120,6 +120,16 @@ def test_linear_sq_err_matches_reference():
                                rtol=1e-6, atol=1e-6)
 
 
+def test_linear_col_dev_matches_reference():
+    for r, k, n, groups in ((6272, 240, 80, 8), (37, 24, 16, 1), (10, 8, 5, 2), (0, 8, 16, 1)):
+        x, w = torch.randn(r, k) + 0.5, torch.randn(k, n) * 0.2
+        gate = torch.rand(groups, k) if groups > 1 else None
+        mean = torch.randn(n)
+        got = ops.linear_col_dev(x, w, mean, gate)
+        assert got.dtype == torch.float64 and got.shape == (n,)
+        torch.testing.assert_close(got, ops.linear_col_dev_reference(x, w, mean, gate), rtol=1e-6, atol=1e-6)
+
+
 def test_opcheck():
     x = _cl(torch.randn(2, 8, 9, 7))
     torch.library.opcheck(torch.ops.dna_fast.dwconv_stats, (x, torch.randn(8, 1, 5, 5), 2))
@@ -128,6 +138,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.dna_fast.linear_swish, (torch.randn(9, 40), torch.randn(40, 24), torch.randn(24)))
     sq_args = (torch.randn(9, 24), torch.randn(24, 16), torch.randn(9, 16), torch.randn(16), torch.rand(3, 24))
     torch.library.opcheck(torch.ops.dna_fast.linear_sq_err, sq_args)
+    torch.library.opcheck(torch.ops.dna_fast.linear_col_dev, (sq_args[0], sq_args[1], sq_args[3], sq_args[4]))
     exp_args = (x, torch.randn(8, 16), torch.randn(16), torch.randn(16, 1, 3, 3), torch.rand(16), torch.randn(16), 1)
     torch.library.opcheck(torch.ops.dna_fast.expand_dwconv_bn_act, exp_args)
     torch.library.opcheck(torch.ops.dna_fast.expand_dwconv_stats,

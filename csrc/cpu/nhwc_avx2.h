@@ -304,6 +304,29 @@ inline double gemm_sq_err_rows(const float* x, int64_t ldx, const float* w, int6
   return total;
 }
 
+// Epilogue of gemm_col_dev_rows: dev[col] += (acc - mean[col])^2 in fp32 lanes (dev: one row block's accumulators).
+struct ColDevAcc {
+  const float* mean;
+  float* dev;
+  DNA_NHWC_INLINE void operator()(int, int j, __m256 acc) const {
+    const __m256 e = _mm256_sub_ps(acc, _mm256_loadu_ps(mean + 8 * j));
+    _mm256_storeu_ps(dev + 8 * j, _mm256_fmadd_ps(e, e, _mm256_loadu_ps(dev + 8 * j)));
+  }
+};
+
+// out[col] += sum over rows [r0, r1) of (x[r, :] @ w - mean)[col]^2 in double (per block of kRowBlock rows in fp32):
+// the column statistics of a product that is never stored. dev: scratch of N floats.
+inline void gemm_col_dev_rows(const float* x, int64_t ldx, const float* w, int64_t N, int64_t K, const float* mean,
+                              int64_t r0, int64_t r1, float* dev, double* out) {
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    std::fill(dev, dev + N, 0.f);
+    gemm_rows(x, ldx, w, N, K, rb, std::min(r1, rb + kRowBlock), [&](int64_t, int64_t c) {
+      return ColDevAcc{mean + c, dev + c};
+    });
+    for (int64_t j = 0; j < N; ++j) out[j] += dev[j];
+  }
+}
+
 // The MBConv expansion fused into the depthwise conv: per image, the input rows the conv reads are expanded
 // (swish(x @ w1 + b1), gemm_swish_rows) into a ring of K rows right before their first use, so the expanded
 // activation never leaves L2 (a ring of 7 rows of 28 x 360 channels is 282 KB). x [N, H, W, Cin], w1 [Cin, C],

@@ -4,7 +4,9 @@
 //   swish_rows_: in-place swish(x * scale + shift) over a [rows, C] matrix (+ per-group column sums: the SE squeeze);
 //   linear_swish: swish(x @ w + bias), the 1x1 expansion with its folded BN and activation in one register-blocked pass;
 //   linear_sq_err: sum of ((x * gate) @ w + offset + shift)^2, the last layer's SE gate, projection and loss in one
-//     pass, the product never stored.
+//     pass, the product never stored;
+//   linear_col_dev: per column, sum of ((x * gate) @ w - mean)^2: the train-mode BN statistics of the last layer's
+//     projection during calibration (its mean follows from the SE sums and the gate), the product never stored.
 // fp32 with C % 8 == 0 runs the AVX2 kernels of nhwc_avx2.h; anything else runs the same math with ATen ops.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -252,11 +254,52 @@ at::Tensor linear_sq_err_cpu(const at::Tensor& x_, const at::Tensor& w_, const a
   return at::scalar_tensor(total, x.options().dtype(at::kDouble));
 }
 
+at::Tensor linear_col_dev_cpu(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& mean_,
+                              const std::optional<at::Tensor>& gate_) {
+  constexpr const char* op = "linear_col_dev";
+  TORCH_CHECK(x_.dim() == 2 && w_.dim() == 2 && x_.size(1) == w_.size(0), op,
+              ": expected x [rows, K] and weight [K, N], got ", x_.sizes(), " and ", w_.sizes());
+  const int64_t R = x_.size(0), K = x_.size(1), N = w_.size(1);
+  TORCH_CHECK(mean_.dim() == 1 && mean_.size(0) == N, op, ": mean must have shape [N] = [", N, "], got ",
+              mean_.sizes());
+  const int64_t G = gate_.has_value() ? gate_->size(0) : 1;
+  if (gate_.has_value()) {
+    TORCH_CHECK(gate_->dim() == 2 && gate_->size(1) == K && G > 0 && R % G == 0, op,
+                ": gate must have shape [groups, K] with K = ", K, " and groups dividing the ", R, " rows, got ",
+                gate_->sizes());
+  }
+  const int64_t per = R / G;
+  if (!vectorizable(x_, N) || x_.scalar_type() != at::kFloat || R == 0 || K == 0) {
+    at::Tensor xd = x_.to(at::kDouble);
+    if (gate_.has_value()) xd = (xd.view({G, per, K}) * gate_->to(at::kDouble).unsqueeze(1)).view({R, K});
+    return (at::mm(xd, w_.to(at::kDouble)) - mean_.to(at::kDouble)).square().sum(0);
+  }
+  const at::Tensor x = x_.stride(1) == 1 ? x_ : x_.contiguous();
+  const at::Tensor w = w_.to(at::kFloat).contiguous(), mean = float_contiguous(mean_);
+  const at::Tensor wg = gate_.has_value() ? (gate_->to(at::kFloat).unsqueeze(2) * w.unsqueeze(0)).contiguous()
+                                          : w.unsqueeze(0);
+  at::Tensor out = at::zeros({N}, x.options().dtype(at::kDouble));
+#ifdef DNA_FAST_NHWC_AVX2
+  // one partial row of N per group (parallel over groups), added at the end
+  at::Tensor part = at::zeros({G, N}, out.options());
+  at::parallel_for(0, G, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> dev(N);
+    for (int64_t g = b; g < e; ++g)
+      nhwc::gemm_col_dev_rows(x.const_data_ptr<float>(), x.stride(0), wg.const_data_ptr<float>() + g * K * N, N, K,
+                              mean.const_data_ptr<float>(), g * per, (g + 1) * per, dev.data(),
+                              part.mutable_data_ptr<double>() + g * N);
+  });
+  out = part.sum(0);
+#endif
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dna_fast, CPU, m) {
   m.impl("linear_swish", &linear_swish_cpu);
   m.impl("linear_sq_err", &linear_sq_err_cpu);
+  m.impl("linear_col_dev", &linear_col_dev_cpu);
   m.impl("expand_dwconv_bn_act", &expand_dwconv_bn_act_cpu);
   m.impl("expand_dwconv_stats", &expand_dwconv_stats_cpu);
   m.impl("dwconv_stats", &dwconv_stats_cpu);
