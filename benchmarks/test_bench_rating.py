@@ -1,9 +1,8 @@
 """Rating speed (issue 9): the trie engine vs the one-candidate-at-a-time reference on block 1 of dna.
 
 Block 1 (0-based) of ``dna``: hidden width 40, 4 layers, 1296 candidates, 48x56x56 teacher input -> 80x28x28 target.
-CPU: batch 8, with and without BN recalibration; target >= 10x (asserted: >= 5x, see the NOTE below). Both runs use
-one thread (on the shared 2-core test machine OpenMP barriers under load cost more than a second thread gives);
-``DNA_BENCH_THREADS`` overrides.
+CPU: batch 8, with and without BN recalibration; target >= 10x (asserted: >= 5x, see the NOTE below). Both engines
+run on one thread (``DNA_BENCH_THREADS`` overrides), then both on every core.
 
 The naive reference runs each candidate separately, so by default it runs on a fixed random quarter of the
 candidates and its time is scaled to all 1296 (``DNA_BENCH_FULL_NAIVE=1``: all of them); the fast engine always rates
@@ -32,7 +31,9 @@ from dna_fast.rating import rate_block, rate_block_naive
 from dna_fast.space import SearchSpace
 from dna_fast.supernet import Supernet
 
+# one thread (the headline figure) and every core, both engines alike
 THREADS = int(os.environ.get("DNA_BENCH_THREADS", "1"))
+THREAD_COUNTS = sorted({THREADS, os.cpu_count() or 1})
 FULL = os.environ.get("DNA_BENCH_FULL_NAIVE", "0") == "1"
 
 
@@ -63,9 +64,10 @@ def _compare(i, sn, pairs, calib, sample, **kw):
     return fast, t_fast, t_naive, rel
 
 
+@pytest.mark.parametrize("threads", THREAD_COUNTS, ids=[f"{t}thr" for t in THREAD_COUNTS])
 @pytest.mark.parametrize("with_calib", [False, True], ids=["stored-bn", "calib"])
-def test_bench_rating_cpu_block1(benchmark, with_calib):
-    torch.set_num_threads(THREADS)
+def test_bench_rating_cpu_block1(benchmark, with_calib, threads):
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     sn = Supernet(_space()).eval()
     _perturb(sn)
@@ -79,11 +81,11 @@ def test_bench_rating_cpu_block1(benchmark, with_calib):
     # one measured round of the fast engine through pytest-benchmark (the comparison above is the ratio's source)
     benchmark.pedantic(lambda: rate_block(sn, 1, pairs, calib=calib), rounds=1, iterations=1)
     t_fast = min(t_fast, benchmark.stats.stats.min)
-    report(f"rating dna block 1 cpu batch 8 {'calib' if with_calib else 'stored BN'}",
+    report(f"rating dna block 1 cpu batch 8 {'calib' if with_calib else 'stored BN'} {threads} thread(s)",
            fast_s=t_fast, naive_s=t_naive, naive_sampled=len(sample), ratio=t_naive / t_fast,
-           cands_per_s=n / t_fast, threads=THREADS, max_rel_diff=rel, target_10x_met=t_naive / t_fast >= 10)
-    # NOTE the issue's target is 10x; measured 7-9x on the shared 2-core VM (see README). The assertion guards against
-    # regressions (prefix sharing alone gives ~6x) rather than failing every run on this machine.
+           cands_per_s=n / t_fast, threads=threads, max_rel_diff=rel, target_10x_met=t_naive / t_fast >= 10)
+    # NOTE the issue's target is 10x; measured 8-10x on the shared 2-core VM (see README). The assertion guards against
+    # regressions (prefix sharing alone gives ~6x) rather than failing every run on this noisy machine.
     assert t_naive / t_fast >= 5, f"only {t_naive / t_fast:.1f}x faster than the reference"
 
 
