@@ -4,10 +4,12 @@
 // into a zero-padded thread-local buffer so the tap loops need no bounds checks, then each output row is computed
 // with the taps unrolled (K, S are template constants) and the row loop vectorized by the compiler (function clones
 // for AVX-512 / AVX2 / baseline, chosen at load time), BN + swish + sums applied while the row is in cache.
-// Elsewhere (channels_last, small planes, k = 7): ATen's depthwise conv in fp32, then one fused epilogue pass.
-// Tried and slower at the dna shapes: a direct channels_last kernel vectorized over C (one accumulator row in
-// memory per pixel: 3 loads + 1 store per FMA), and the direct NCHW kernel on 14x14 / 7x7 planes (rows shorter than
-// one AVX-512 vector run scalar).
+// channels_last fp32 with C % 8 == 0: the register-tiled kernel of nhwc_avx2.h (7 outputs' accumulators in ymm
+// registers, BN + swish + sums in its epilogue; an earlier direct channels_last kernel that kept one accumulator row
+// in memory per pixel, 3 loads + 1 store per FMA, was slower than oneDNN).
+// Elsewhere (other channels_last inputs, small NCHW planes, k = 7): ATen's depthwise conv in fp32, then one fused
+// epilogue pass. Tried and slower at the dna shapes: the direct NCHW kernel on 14x14 / 7x7 planes (rows shorter
+// than one AVX-512 vector run scalar).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
