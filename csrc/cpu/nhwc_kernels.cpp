@@ -208,38 +208,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expand_dwconv_stats_cpu(const at:
   return expand_dwconv_impl(x, w1, b1, w_dw, nullptr, nullptr, stride, "expand_dwconv_stats");
 }
 
+// The shared arguments of linear_sq_err and linear_col_dev: x [rows, K] @ weight [K, N], an optional gate
+// [groups, K] scaling x's columns per group of rows / groups consecutive rows.
+struct GatedLinear {
+  const at::Tensor& x;
+  const at::Tensor& w;
+  const std::optional<at::Tensor>& gate;
+  int64_t R, K, N, G, per;
+
+  GatedLinear(const at::Tensor& x_, const at::Tensor& w_, const std::optional<at::Tensor>& gate_, const char* op)
+      : x(x_), w(w_), gate(gate_) {
+    TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(0), op,
+                ": expected x [rows, K] and weight [K, N], got ", x.sizes(), " and ", w.sizes());
+    R = x.size(0), K = x.size(1), N = w.size(1);
+    G = gate.has_value() ? gate->size(0) : 1;
+    if (gate.has_value()) {
+      TORCH_CHECK(gate->dim() == 2 && gate->size(1) == K && G > 0 && R % G == 0, op,
+                  ": gate must have shape [groups, K] with K = ", K, " and groups dividing the ", R, " rows, got ",
+                  gate->sizes());
+    }
+    per = R / G;
+  }
+  // whether the AVX2 GEMM runs (else the fp64 product below)
+  bool fast() const { return vectorizable(x, N) && R > 0 && K > 0; }
+  // (x * gate) @ w in fp64: the plain path
+  at::Tensor product_double() const {
+    at::Tensor xd = x.to(at::kDouble);
+    if (gate.has_value()) xd = (xd.view({G, per, K}) * gate->to(at::kDouble).unsqueeze(1)).view({R, K});
+    return at::mm(xd, w.to(at::kDouble));
+  }
+  // x with unit column stride (a column slice of a wider matrix is kept as it is)
+  at::Tensor rows() const { return x.stride(1) == 1 ? x : x.contiguous(); }
+  // one fp32 weight matrix per group with the gate folded in: [G, K, N]
+  at::Tensor group_weights() const {
+    const at::Tensor wf = w.to(at::kFloat).contiguous();
+    return gate.has_value() ? (gate->to(at::kFloat).unsqueeze(2) * wf.unsqueeze(0)).contiguous() : wf.unsqueeze(0);
+  }
+};
+
 at::Tensor linear_sq_err_cpu(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& offset_,
                              const at::Tensor& shift_, const std::optional<at::Tensor>& gate_) {
   constexpr const char* op = "linear_sq_err";
-  TORCH_CHECK(x_.dim() == 2 && w_.dim() == 2 && x_.size(1) == w_.size(0), op,
-              ": expected x [rows, K] and weight [K, N], got ", x_.sizes(), " and ", w_.sizes());
-  const int64_t R = x_.size(0), K = x_.size(1), N = w_.size(1);
+  const GatedLinear lin(x_, w_, gate_, op);
+  const int64_t R = lin.R, K = lin.K, N = lin.N, per = lin.per;
   TORCH_CHECK(offset_.dim() == 2 && offset_.size(0) == R && offset_.size(1) == N, op, ": offset must have shape [",
               R, ", ", N, "], got ", offset_.sizes());
   TORCH_CHECK(shift_.dim() == 1 && shift_.size(0) == N, op, ": shift must have shape [N] = [", N, "], got ",
               shift_.sizes());
-  const int64_t G = gate_.has_value() ? gate_->size(0) : 1;
-  if (gate_.has_value()) {
-    TORCH_CHECK(gate_->dim() == 2 && gate_->size(1) == K && G > 0 && R % G == 0, op,
-                ": gate must have shape [groups, K] with K = ", K, " and groups dividing the ", R, " rows, got ",
-                gate_->sizes());
-  }
-  const int64_t per = R / G;
-  if (!vectorizable(x_, N) || x_.scalar_type() != at::kFloat || R == 0 || K == 0) {
-    at::Tensor xd = x_.to(at::kDouble);
-    if (gate_.has_value()) xd = (xd.view({G, per, K}) * gate_->to(at::kDouble).unsqueeze(1)).view({R, K});
-    const at::Tensor y = at::mm(xd, w_.to(at::kDouble));
-    return (y + offset_.to(at::kDouble) + shift_.to(at::kDouble)).square().sum();
-  }
-  const at::Tensor x = x_.stride(1) == 1 ? x_ : x_.contiguous();
-  const at::Tensor w = w_.to(at::kFloat).contiguous(), off = offset_.to(at::kFloat).contiguous();
-  const at::Tensor shift = float_contiguous(shift_);
-  // the gate scales x's columns per group of rows: fold it into one weight matrix per group instead
-  const at::Tensor wg = gate_.has_value() ? (gate_->to(at::kFloat).unsqueeze(2) * w.unsqueeze(0)).contiguous()
-                                          : w.unsqueeze(0);
+  if (!lin.fast()) return (lin.product_double() + offset_.to(at::kDouble) + shift_.to(at::kDouble)).square().sum();
+  const at::Tensor x = lin.rows(), wg = lin.group_weights();
+  const at::Tensor off = offset_.to(at::kFloat).contiguous(), shift = float_contiguous(shift_);
   double total = 0.0;
 #ifdef DNA_FAST_NHWC_AVX2
-  const int64_t per_group = (per + nhwc::kRowBlock - 1) / nhwc::kRowBlock, blocks = G * per_group;
+  const int64_t per_group = (per + nhwc::kRowBlock - 1) / nhwc::kRowBlock, blocks = lin.G * per_group;
   std::vector<double> part(blocks, 0.0);
   at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
@@ -257,41 +278,24 @@ at::Tensor linear_sq_err_cpu(const at::Tensor& x_, const at::Tensor& w_, const a
 at::Tensor linear_col_dev_cpu(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& mean_,
                               const std::optional<at::Tensor>& gate_) {
   constexpr const char* op = "linear_col_dev";
-  TORCH_CHECK(x_.dim() == 2 && w_.dim() == 2 && x_.size(1) == w_.size(0), op,
-              ": expected x [rows, K] and weight [K, N], got ", x_.sizes(), " and ", w_.sizes());
-  const int64_t R = x_.size(0), K = x_.size(1), N = w_.size(1);
+  const GatedLinear lin(x_, w_, gate_, op);
+  const int64_t K = lin.K, N = lin.N, per = lin.per;
   TORCH_CHECK(mean_.dim() == 1 && mean_.size(0) == N, op, ": mean must have shape [N] = [", N, "], got ",
               mean_.sizes());
-  const int64_t G = gate_.has_value() ? gate_->size(0) : 1;
-  if (gate_.has_value()) {
-    TORCH_CHECK(gate_->dim() == 2 && gate_->size(1) == K && G > 0 && R % G == 0, op,
-                ": gate must have shape [groups, K] with K = ", K, " and groups dividing the ", R, " rows, got ",
-                gate_->sizes());
-  }
-  const int64_t per = R / G;
-  if (!vectorizable(x_, N) || x_.scalar_type() != at::kFloat || R == 0 || K == 0) {
-    at::Tensor xd = x_.to(at::kDouble);
-    if (gate_.has_value()) xd = (xd.view({G, per, K}) * gate_->to(at::kDouble).unsqueeze(1)).view({R, K});
-    return (at::mm(xd, w_.to(at::kDouble)) - mean_.to(at::kDouble)).square().sum(0);
-  }
-  const at::Tensor x = x_.stride(1) == 1 ? x_ : x_.contiguous();
-  const at::Tensor w = w_.to(at::kFloat).contiguous(), mean = float_contiguous(mean_);
-  const at::Tensor wg = gate_.has_value() ? (gate_->to(at::kFloat).unsqueeze(2) * w.unsqueeze(0)).contiguous()
-                                          : w.unsqueeze(0);
-  at::Tensor out = at::zeros({N}, x.options().dtype(at::kDouble));
-#ifdef DNA_FAST_NHWC_AVX2
+  if (!lin.fast()) return (lin.product_double() - mean_.to(at::kDouble)).square().sum(0);
+  const at::Tensor x = lin.rows(), wg = lin.group_weights(), mean = float_contiguous(mean_);
   // one partial row of N per group (parallel over groups), added at the end
-  at::Tensor part = at::zeros({G, N}, out.options());
-  at::parallel_for(0, G, 1, [&](int64_t b, int64_t e) {
+  at::Tensor part = at::zeros({lin.G, N}, x.options().dtype(at::kDouble));
+#ifdef DNA_FAST_NHWC_AVX2
+  at::parallel_for(0, lin.G, 1, [&](int64_t b, int64_t e) {
     std::vector<float> dev(N);
     for (int64_t g = b; g < e; ++g)
       nhwc::gemm_col_dev_rows(x.const_data_ptr<float>(), x.stride(0), wg.const_data_ptr<float>() + g * K * N, N, K,
                               mean.const_data_ptr<float>(), g * per, (g + 1) * per, dev.data(),
                               part.mutable_data_ptr<double>() + g * N);
   });
-  out = part.sum(0);
 #endif
-  return out;
+  return part.sum(0);
 }
 
 }  // namespace
