@@ -2,9 +2,11 @@
 
 The candidates of one cell form a trie (layer 0 at the root, the last layer at the leaves). A depth-first walk
 keeps one activation per level: a node's input is computed once and feeds all its children. The K sibling ops of a
-node run together: their 1x1 expansions (BN folded into the weights) as one matmul per depthwise kernel size, the
-depthwise convs of one kernel size as one grouped conv, the SE as one block-diagonal matmul pair; the last layer's
-projection is reduced straight to the squared error without keeping its output.
+node run together, grouped by depthwise kernel size. On CPU in fp32 the fused row kernels of ``dna_fast.ops`` do
+the work (``expand_dwconv``: each group's expansion made row by row in front of its depthwise conv; ``linear_sq_err``:
+the last layer's SE gate, projection and loss in one GEMM, its output never stored); elsewhere plain PyTorch does
+(the expansions as one matmul per group with BN folded in, the depthwise convs as one grouped conv, the SE as one
+block-diagonal matmul pair, the last projection fused with its residual into one addmm). See ``_Walker``.
 
 Activations are channels_last (a [N*H*W, C] matrix for the 1x1 convs, the same memory as NHWC for the depthwise
 conv). Cells have their own weights, so each cell is its own trie.
@@ -12,7 +14,9 @@ conv). Cells have their own weights, so each cell is its own trie.
 BN recalibration (``calib``): a node's recalibrated statistics depend only on its prefix. For each calibration
 batch, a walk in train mode (every BN normalizes with that batch's statistics) adds the batch mean and unbiased
 variance of every BN of every node; their average is what ``momentum=None`` running statistics hold after the same
-batches. The evaluation walk then folds each node's statistics into its weights.
+batches. The evaluation walk then folds each node's statistics into its weights. On the native path no activation
+is read again for statistics: the expansion's follow from its input's mean and covariance (it is linear), the
+depthwise conv's from its own pass, the last projection's from the SE sums (mean) and one fused GEMM (variance).
 """
 
 from __future__ import annotations
