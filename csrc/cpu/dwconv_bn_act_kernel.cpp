@@ -1,13 +1,13 @@
 // CPU kernel of dwconv_bn_act: depthwise conv (padding k / 2) + folded BN + swish (+ per-(n, c) spatial sums).
 //
-// Direct kernel (NCHW, wide planes, k <= 5): at::parallel_for over (n, c) planes; each plane is copied once, as fp32,
+// Direct kernel (NCHW, wide planes, k = 3): at::parallel_for over (n, c) planes; each plane is copied once, as fp32,
 // into a zero-padded thread-local buffer so the tap loops need no bounds checks, then each output row is computed
 // with the taps unrolled (K, S are template constants) and the row loop vectorized by the compiler (function clones
 // for AVX-512 / AVX2 / baseline, chosen at load time), BN + swish + sums applied while the row is in cache.
 // channels_last fp32 with C % 8 == 0: the register-tiled kernel of nhwc_avx2.h (7 outputs' accumulators in ymm
 // registers, BN + swish + sums in its epilogue; an earlier direct channels_last kernel that kept one accumulator row
 // in memory per pixel, 3 loads + 1 store per FMA, was slower than oneDNN).
-// Elsewhere (other channels_last inputs, small NCHW planes, k = 7): ATen's depthwise conv in fp32, then one fused
+// Elsewhere (other channels_last inputs, small NCHW planes, k = 5 or 7): ATen's depthwise conv in fp32, then one fused
 // epilogue pass. Tried and slower at the dna shapes: the direct NCHW kernel on 14x14 / 7x7 planes (rows shorter
 // than one AVX-512 vector run scalar).
 #include <ATen/ATen.h>
@@ -72,7 +72,7 @@ DNA_CPU_CLONES float dw_plane(int k, int s, const float* in, int64_t Wp, const f
                               int64_t Wo, float scale, float shift, bool with_sums) {
 #define DNA_DW_CASE(K_, S_) \
   if (k == K_ && s == S_) return dw_plane_impl<K_, S_>(in, Wp, w, out, Ho, Wo, scale, shift, with_sums);
-  DNA_DW_CASE(3, 1) DNA_DW_CASE(3, 2) DNA_DW_CASE(5, 1) DNA_DW_CASE(5, 2) DNA_DW_CASE(7, 1) DNA_DW_CASE(7, 2)
+  DNA_DW_CASE(3, 1) DNA_DW_CASE(3, 2)
 #undef DNA_DW_CASE
   TORCH_INTERNAL_ASSERT(false, "dw_plane: unsupported k/stride");
   return 0.f;
@@ -219,9 +219,11 @@ void run_nhwc(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
 }
 #endif
 
-// The direct kernel wins on wide NCHW planes with k <= 5 (its row loop vectorizes over output columns); elsewhere
-// oneDNN's depthwise conv + the fused epilogue is faster (measured at the dna shapes, batch 16, see benchmarks/).
-inline bool use_direct(bool cl, int64_t k, int64_t Wo) { return !cl && k <= 5 && Wo >= 24; }
+// The direct kernel wins on wide NCHW planes with k = 3 (its row loop vectorizes over output columns); elsewhere
+// oneDNN's depthwise conv + the fused epilogue is faster (measured at the dna shapes, batch 16, see benchmarks/:
+// with k = 5 the direct kernel was 0.55x eager at 240x28x28 and 0.82-0.92x at 40x56x56, the fused epilogue
+// 1.04x / 0.97x).
+inline bool use_direct(bool cl, int64_t k, int64_t Wo) { return !cl && k == 3 && Wo >= 24; }
 
 std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cpu(const at::Tensor& x_, const at::Tensor& weight,
                                                      const at::Tensor& scale_, const at::Tensor& shift_,
