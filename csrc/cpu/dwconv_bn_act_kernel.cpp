@@ -205,7 +205,7 @@ inline bool use_nhwc(const at::Tensor& x, bool cl) {
 void run_nhwc(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& shift, int64_t k,
               int64_t s, at::Tensor& y, float* sums) {
   const int64_t N = x.size(0), C = x.size(1), Ho = y.size(2), Wo = y.size(3);
-  const at::Tensor wt = w.view({C, k * k}).t().contiguous();
+  const at::Tensor wt = nhwc::tap_major(w);
   at::Tensor rows = sums ? at::zeros({N, Ho, C}, x.options()) : at::Tensor();
   const nhwc::RowEpilogue epi{true, scale.const_data_ptr<float>(), shift.const_data_ptr<float>()};
   const nhwc::RowOutputs out{sums ? rows.mutable_data_ptr<float>() : nullptr, nullptr, nullptr};

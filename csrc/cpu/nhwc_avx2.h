@@ -11,6 +11,7 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #define DNA_FAST_NHWC_AVX2 1
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -153,6 +154,11 @@ inline RowFn dw_row_fn(int64_t k, int64_t s) {
   DNA_NHWC_CASE(7, 2)
 #undef DNA_NHWC_CASE
   return nullptr;
+}
+
+// A depthwise weight [C, 1, k, k] as the kernels read it: fp32, tap-major [k * k, C] (one tap's C weights contiguous).
+inline at::Tensor tap_major(const at::Tensor& w) {
+  return w.to(at::kFloat).reshape({w.size(0), w.size(2) * w.size(3)}).t().contiguous();
 }
 
 // Per-output-row outputs of a conv pass (each [N * Ho, C] at row r = n * Ho + oy, all optional): row_pool = the

@@ -37,11 +37,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats_cpu(const at::Tensor
   TORCH_CHECK(x_.dim() == 4, op, ": expected a 4-D input [N, C, H, W], got ", x_.dim(), "-D");
   TORCH_CHECK(x_.scalar_type() == at::kFloat, op, ": expected fp32, got ", x_.scalar_type());
   const int64_t N = x_.size(0), C = x_.size(1);
-  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1 && weight.size(2) == weight.size(3),
-              op, ": weight must have shape [C, 1, k, k] with C = ", C, ", got ", weight.sizes());
+  check_dw_weight(weight, C, stride, x_.device(), op, "weight");
   const int64_t k = weight.size(2);
-  TORCH_CHECK(dw_kernel_supported(k), op, ": unsupported kernel size ", k, " (supported: 3, 5, 7)");
-  TORCH_CHECK(dw_stride_supported(stride), op, ": unsupported stride ", stride, " (supported: 1, 2)");
   const int64_t Ho = dw_out_size(x_.size(2), k, stride), Wo = dw_out_size(x_.size(3), k, stride);
   const at::Tensor x = x_.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor w = weight.to(at::kFloat).contiguous();
@@ -57,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats_cpu(const at::Tensor
   at::Tensor y = at::empty({N, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   at::Tensor mean = at::empty({N * Ho, C}, x.options()), m2 = at::empty({N * Ho, C}, x.options());
 #ifdef DNA_FAST_NHWC_AVX2
-  const at::Tensor wt = w.view({C, k * k}).t().contiguous();
+  const at::Tensor wt = nhwc::tap_major(w);
   const nhwc::RowEpilogue epi{false, nullptr, nullptr};
   const nhwc::RowOutputs out{nullptr, mean.mutable_data_ptr<float>(), m2.mutable_data_ptr<float>()};
   TORCH_INTERNAL_ASSERT(nhwc::dw_forward(x.const_data_ptr<float>(), N, x.size(2), x.size(3), C,
@@ -152,11 +149,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expand_dwconv_impl(const at::Tens
               w1_.sizes());
   const int64_t C = w1_.size(1);
   TORCH_CHECK(b1_.dim() == 1 && b1_.size(0) == C, op, ": b1 must have shape [C] = [", C, "], got ", b1_.sizes());
-  TORCH_CHECK(wdw_.dim() == 4 && wdw_.size(0) == C && wdw_.size(1) == 1 && wdw_.size(2) == wdw_.size(3), op,
-              ": w_dw must have shape [C, 1, k, k] with C = ", C, ", got ", wdw_.sizes());
+  check_dw_weight(wdw_, C, stride, x_.device(), op, "w_dw");
   const int64_t k = wdw_.size(2);
-  TORCH_CHECK(dw_kernel_supported(k), op, ": unsupported kernel size ", k, " (supported: 3, 5, 7)");
-  TORCH_CHECK(dw_stride_supported(stride), op, ": unsupported stride ", stride, " (supported: 1, 2)");
   const bool act = scale_ != nullptr;
   if (act) {
     TORCH_CHECK(scale_->dim() == 1 && scale_->size(0) == C && shift_->dim() == 1 && shift_->size(0) == C, op,
@@ -168,11 +162,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expand_dwconv_impl(const at::Tens
     const at::Tensor h = linear_swish_cpu(x.permute({0, 2, 3, 1}).reshape({N * H * W, Cin}), w1_, b1_)
                              .view({N, H, W, C}).permute({0, 3, 1, 2});
     if (act) {
-      const at::Tensor z = at::conv2d(h, wdw_.to(at::kFloat), {}, {stride, stride}, {dw_pad(k), dw_pad(k)}, {1, 1}, C);
-      const at::Tensor y = at::silu(z * scale_->to(at::kFloat).view({1, C, 1, 1}) +
-                                    shift_->to(at::kFloat).view({1, C, 1, 1}))
-                               .contiguous(at::MemoryFormat::ChannelsLast);
-      return {y, y.sum({2, 3}), at::empty({0, C}, x.options())};
+      static const auto dwconv_bn_act =
+          c10::Dispatcher::singleton()
+              .findSchemaOrThrow("dna_fast::dwconv_bn_act", "")
+              .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                        const at::Tensor&, int64_t, bool)>();
+      auto [y, sums] = dwconv_bn_act.call(h.contiguous(at::MemoryFormat::ChannelsLast), wdw_, *scale_, *shift_,
+                                          stride, true);
+      return {y, sums, at::empty({0, C}, x.options())};
     }
     return dwconv_stats_cpu(h, wdw_, stride);
   }
@@ -180,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expand_dwconv_impl(const at::Tens
   at::Tensor a = at::zeros({N * Ho, C}, x.options()), b = at::empty({act ? 0 : N * Ho, C}, x.options());
 #ifdef DNA_FAST_NHWC_AVX2
   const at::Tensor w1 = w1_.to(at::kFloat).contiguous(), b1 = float_contiguous(b1_);
-  const at::Tensor wt = wdw_.to(at::kFloat).contiguous().view({C, k * k}).t().contiguous();
+  const at::Tensor wt = nhwc::tap_major(wdw_);
   const at::Tensor scale = act ? float_contiguous(*scale_) : at::Tensor(), shift = act ? float_contiguous(*shift_) : at::Tensor();
   const nhwc::RowEpilogue epi{act, act ? scale.const_data_ptr<float>() : nullptr,
                               act ? shift.const_data_ptr<float>() : nullptr};

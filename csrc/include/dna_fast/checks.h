@@ -36,18 +36,25 @@ inline at::Tensor contiguous_as(const at::Tensor& x, bool channels_last) {
 
 namespace dna_fast {
 
+// A depthwise conv's weight [C, 1, k, k] (k in {3, 5, 7}) and stride (1 or 2) for C channels on `device`; `name` is
+// the weight's argument name in the messages.
+inline void check_dw_weight(const at::Tensor& w, int64_t C, int64_t stride, const at::Device& device, const char* op,
+                            const char* name) {
+  TORCH_CHECK(w.dim() == 4 && w.size(0) == C && w.size(1) == 1 && w.size(2) == w.size(3), op, ": ", name,
+              " must have shape [C, 1, k, k] with C = ", C, ", got ", w.sizes());
+  TORCH_CHECK(w.size(2) == 3 || w.size(2) == 5 || w.size(2) == 7, op, ": unsupported kernel size ", w.size(2),
+              " (supported: 3, 5, 7)");
+  TORCH_CHECK(stride == 1 || stride == 2, op, ": unsupported stride ", stride, " (supported: 1, 2)");
+  TORCH_CHECK(w.device() == device, op, ": ", name, " is on ", w.device(), " but the input is on ", device);
+  TORCH_CHECK(at::isFloatingType(w.scalar_type()), op, ": ", name, " must be floating point, got ", w.scalar_type());
+}
+
 // dwconv_bn_act: x [N, C, H, W], weight [C, 1, k, k] with k in {3, 5, 7}, stride in {1, 2}, scale/shift [C].
 inline void check_dwconv_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                               const at::Tensor& shift, int64_t stride) {
   constexpr const char* op = "dwconv_bn_act";
   check_scale_shift(x, scale, shift, op);
-  TORCH_CHECK(w.dim() == 4 && w.size(0) == x.size(1) && w.size(1) == 1 && w.size(2) == w.size(3), op,
-              ": weight must have shape [C, 1, k, k] with C = ", x.size(1), ", got ", w.sizes());
-  TORCH_CHECK(w.size(2) == 3 || w.size(2) == 5 || w.size(2) == 7, op, ": unsupported kernel size ", w.size(2),
-              " (supported: 3, 5, 7)");
-  TORCH_CHECK(stride == 1 || stride == 2, op, ": unsupported stride ", stride, " (supported: 1, 2)");
-  TORCH_CHECK(w.device() == x.device(), op, ": weight is on ", w.device(), " but the input is on ", x.device());
-  TORCH_CHECK(at::isFloatingType(w.scalar_type()), op, ": weight must be floating point, got ", w.scalar_type());
+  check_dw_weight(w, x.size(1), stride, x.device(), op, "weight");
 }
 
 }  // namespace dna_fast
