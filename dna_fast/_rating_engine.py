@@ -22,7 +22,6 @@ depthwise conv's from its own pass, the last projection's from the SE sums (mean
 from __future__ import annotations
 
 import copy
-import gc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -235,10 +234,11 @@ class _Walker:
     """Depth-first walk of one cell's trie, in eval mode (fold stats) or calibration mode (batch stats).
 
     Two implementations of a node's sibling ops: ``native`` (CPU fp32 with the extension) runs the fused passes of
-    ``dna_fast.ops`` (bias + swish in place, the depthwise conv with BN + swish + SE sums in its epilogue, the last
-    layer's squared error without its residual tensor; under calibration the expansion's BN statistics come from
-    the input's moments and the depthwise conv's from its own pass); otherwise plain PyTorch (BN folded into the
-    matmuls, mkldnn / cuDNN depthwise conv, silu in place).
+    ``dna_fast.ops`` (``expand_dwconv``: expansion + BN + swish into the depthwise conv with BN + swish + SE sums in
+    its epilogue; ``linear_sq_err`` / ``linear_col_dev``: the last layer's gated projection reduced to its loss or
+    its BN statistics; under calibration the expansion's BN statistics come from the input's moments and the
+    depthwise conv's from its own pass); otherwise plain PyTorch (BN folded into the matmuls, mkldnn / cuDNN
+    depthwise conv, silu in place).
     """
 
     def __init__(self, layers: list[_Layer], dtype: torch.dtype, n_ops: int, native: bool) -> None:
@@ -423,22 +423,6 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
                    dtype: torch.dtype, device: torch.device, chunk_size: int | None = None, progress: bool = False,
                    candidates: Sequence[int] | None = None) -> np.ndarray:
     """Per-candidate sum of squared errors over ``pairs`` (``space.candidates(i)`` order, float64 numpy)."""
-    # NOTE the walk makes many short-lived tuples, lists and generator frames, all freed by reference counting; left
-    # on, Python's cyclic GC ran full collections over the whole heap (torch, pandas, the supernet) and took ~10 % of
-    # the CPU time (perf, block 1 of dna). Paused for the walk, restored after.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _rate_block_sse(supernet, i, pairs, calib, dtype=dtype, device=device, chunk_size=chunk_size,
-                               progress=progress, candidates=candidates)
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor]], calib: list[Tensor] | None, *,
-                    dtype: torch.dtype, device: torch.device, chunk_size: int | None, progress: bool,
-                    candidates: Sequence[int] | None) -> np.ndarray:
     space = supernet.space
     spec = space.blocks[i]
     block = supernet.blocks[i]
