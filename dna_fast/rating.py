@@ -211,9 +211,10 @@ def rate_block_naive(supernet: nn.Module, i: int, batches: Iterable, *, calib: I
     """Reference rating of every candidate of block ``i``, one candidate at a time (see ``rate_block``).
 
     For each candidate: a deep copy of its path (the stem first for block 0), with ``calib`` its BNs reset and
-    recalibrated (``recalibrate_bn``), then its full forward on every batch in eval mode. ``dtype`` other than fp32
-    runs under ``torch.autocast``. ``chunk_size`` is accepted for symmetry and ignored; ``candidates`` as in
-    ``rate_block``.
+    recalibrated (``recalibrate_bn``), then its full forward on every batch in eval mode, all under
+    ``torch.inference_mode()`` (the original rates under ``torch.no_grad()``: no autograd graph is recorded and no
+    activation is kept for a backward pass). ``dtype`` other than fp32 runs under ``torch.autocast``. ``chunk_size``
+    is accepted for symmetry and ignored; ``candidates`` as in ``rate_block``.
     """
     space = supernet.space
     device, dtype, pairs, calib_x, count, tvar = _prepare(supernet, i, batches, calib, device, dtype)
@@ -235,7 +236,7 @@ def rate_block_naive(supernet: nn.Module, i: int, batches: Iterable, *, calib: I
         if calib_x is not None:  # recalibration mutates the BNs: work on a private copy of the path
             path = copy.deepcopy(path)
         path = path.to(device).eval()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             if calib_x is not None:
                 recalibrate_bn(path, calib_x)
             total = 0.0

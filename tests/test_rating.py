@@ -291,3 +291,35 @@ def test_engine_plain_pytorch_path_exact(mini, monkeypatch, with_calib):
     monkeypatch.setattr(engine, "_NATIVE", False)
     pairs, calib = _data(mini.space, 2, 16, batch=2, n=1, seed=11, calib=1 if with_calib else 0)
     _assert_same(rate_block(mini, 2, pairs, calib=calib), rate_block_naive(mini, 2, pairs, calib=calib))
+
+
+def test_naive_reference_records_no_autograd(mini):
+    """The reference rates under inference mode, as the original rates under no_grad: no tensor it produces (module
+    outputs, BN statistics, losses) requires grad, and nothing warns about converting a graph tensor to a float."""
+    import warnings
+
+    from torch.overrides import TorchFunctionMode
+
+    class Record(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = 0
+            self.grad = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter):
+                    self.seen += 1
+                    if t.requires_grad:
+                        self.grad.append(getattr(func, "__name__", str(func)))
+            return out
+
+    assert any(p.requires_grad for p in mini.parameters())  # the supernet itself is trainable
+    pairs, cal = _data(mini.space, 1, 16, batch=2, n=1, seed=9, calib=1)
+    for c in (None, cal):
+        with Record() as rec, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            rate_block_naive(mini, 1, pairs, calib=c, candidates=[0, 7])
+        assert rec.seen > 100, "the recorder saw no forward"
+        assert not rec.grad, f"tensors requiring grad produced by {sorted(set(rec.grad))}"
