@@ -178,14 +178,13 @@ def latency_table(space: Any, device: Any = "cpu", batch_size: int = 1, dtype: t
 def _latency_table(space, device, batch_size, dtype, image_size, warmup, repeats, channels_last, num_classes,
                    progress) -> LatencyTable:
     from . import models
-    from .cost import _block_in_hw
     from .space import SearchSpace, _as_image_size, _conv_out
 
     space = SearchSpace.load(space) if not isinstance(space, SearchSpace) else space
     device = torch.device(device)
     size = _as_image_size(space.default_image_size if image_size is None else image_size)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    in_hw = _block_in_hw(space, size)
+    in_hw = space.block_input_hw(size)
 
     def timed(module: nn.Module, shape: Sequence[int]) -> float:
         module = module.eval().to(device=device, dtype=dtype, memory_format=fmt)

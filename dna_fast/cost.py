@@ -66,19 +66,12 @@ def mbconv_cost(op: str | OpSpec, in_chs: int, out_chs: int, stride: int, in_hw:
     return c
 
 
-def _block_in_hw(space: SearchSpace, image_size: Any) -> list[tuple[int, int]]:
-    """(H, W) of each block's input in the child (block 0: after the stem)."""
-    image_size = space.default_image_size if image_size is None else image_size
-    io = space.block_io_shapes(image_size)
-    return [space.stem_output_size(image_size)] + [tuple(tgt[1:]) for _, tgt in io[:-1]]
-
-
 def op_cost(space: SearchSpace, i: int, cell: int, layer: int, op: int, image_size: Any = None,
             child_in_chs: int | None = None) -> Cost:
     """Cost of op ``op`` (index) in layer ``layer`` of cell ``cell`` of block ``i``, as the child has it."""
     b = space.blocks[i]
     cin, cout, stride = b.layer_io(cell, layer, child=True, child_in_chs=child_in_chs)
-    hw = _block_in_hw(space, image_size)[i]
+    hw = space.block_input_hw(image_size)[i]
     if layer > 0:
         hw = (_conv_out(hw[0], 3, b.stride), _conv_out(hw[1], 3, b.stride))
     return mbconv_cost(b.op_specs[op], cin, cout, stride, hw)

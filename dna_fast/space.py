@@ -494,6 +494,12 @@ class SearchSpace:
             inp = tgt
         return out
 
+    def block_input_hw(self, image_size: int | Sequence[int] | None = None) -> list[tuple[int, int]]:
+        """(H, W) of each block's input in the child network (block 0: the stem's output)."""
+        image_size = self.default_image_size if image_size is None else image_size
+        io = self.block_io_shapes(image_size)
+        return [self.stem_output_size(image_size)] + [tuple(tgt[1:]) for _, tgt in io[:-1]]
+
     # ------------------------------------------------------------------ candidates
     def _block(self, i: int) -> BlockSpec:
         if not 0 <= i < len(self.blocks):
