@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops as _ops
-from .rating import recalibrate_bn
+from ._batchnorm import recalibrate_bn
 
 __all__ = ["rate_block_sse"]
 

@@ -37,12 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as ddp
-from ._io import atomic_save, atomic_write
+from ._augment import BatchAugment
+from ._io import atomic_save, atomic_write, load_checkpoint
 from .space import Candidate, SearchSpace
 from .supernet import Supernet
 
-__all__ = ["distill", "load_supernet", "default_lrs", "PathSampler", "BlockTrainer", "CHECKPOINT_NAME",
-           "LOG_COLUMNS"]
+__all__ = ["distill", "load_supernet", "default_lrs", "PathSampler", "BlockTrainer", "BatchAugment",
+           "CHECKPOINT_NAME", "LOG_COLUMNS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -122,6 +123,16 @@ class PathSampler:
         return self.space.candidate(i, cell, [perm[t] for perm in perms[cell]])
 
 
+def _decay_groups(params: Sequence[nn.Parameter], weight_decay: float, decay_1d: bool) -> list[dict[str, Any]]:
+    """Adam parameter groups: one group decayed by ``weight_decay``, or (``decay_1d=False``, the authors') the
+    parameters with >= 2 dims decayed and the 1-dim ones (BN weights and biases, biases) not."""
+    params = list(params)
+    if decay_1d:
+        return [{"params": params}]
+    return [{"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
 def _resolve_amp(amp: str | None, device: torch.device) -> str:
     if amp is None:
         return "bf16" if device.type == "cuda" else "fp32"
@@ -139,6 +150,8 @@ class BlockTrainer:
         teacher: a ``Teacher`` of the same space (already on ``device``).
         lrs: learning rate per block.
         weight_decay: Adam weight decay (L2, as in the paper's code).
+        weight_decay_1d: also decay 1-dim parameters (BN weights and biases, biases); False: only parameters with
+            >= 2 dims, as the authors' optimizer does.
         loss: ``"mse"`` or ``"rel_mse"`` (MSE divided by the target's variance).
         block_weights: factor of each block's loss (gradient scale); default 1.
         amp: ``"bf16"``, ``"fp16"`` (with a GradScaler) or ``"fp32"``.
@@ -148,7 +161,8 @@ class BlockTrainer:
 
     def __init__(self, supernet: Supernet, teacher: nn.Module, lrs: Sequence[float], *, weight_decay: float = 1e-4,
                  loss: str = "mse", block_weights: Sequence[float] | None = None, amp: str = "fp32",
-                 device: torch.device | str = "cpu", channels_last: bool = False) -> None:
+                 device: torch.device | str = "cpu", channels_last: bool = False,
+                 weight_decay_1d: bool = True) -> None:
         n = supernet.num_blocks
         if loss not in ("mse", "rel_mse"):
             raise ValueError(f"loss must be 'mse' or 'rel_mse', got {loss!r}")
@@ -162,8 +176,8 @@ class BlockTrainer:
         self.loss, self.weights, self.amp, self.channels_last = loss, weights, amp, channels_last
         self.base_lrs = [float(x) for x in lrs]
         kw: dict[str, Any] = {"fused": True} if self.device.type == "cuda" else {}
-        self.optimizers = [torch.optim.Adam(supernet.block_parameters(i), lr=self.base_lrs[i],
-                                            weight_decay=weight_decay, **kw) for i in range(n)]
+        self.optimizers = [torch.optim.Adam(_decay_groups(supernet.block_parameters(i), weight_decay, weight_decay_1d),
+                                            lr=self.base_lrs[i], weight_decay=weight_decay, **kw) for i in range(n)]
         self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
         self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
@@ -281,7 +295,7 @@ def load_supernet(run_dir: str | os.PathLike, space: SearchSpace | str | None = 
     if not path.is_file():
         raise FileNotFoundError(f"no distilled supernet at {str(path)!r}: run the distill stage for this run "
                                 "directory first")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path, what="supernet checkpoint", fix="run the distill stage again (delete it first)")
     if space is None:
         space = ckpt["config"].get("space_source") or ckpt["config"]["space"]
     supernet = Supernet(space, **supernet_kwargs)
@@ -352,18 +366,22 @@ class _Logs:
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def _config(supernet: Supernet, lrs, weight_decay, lr_decay, sampling, loss, block_weights, seed, world) -> dict:
+def _config(supernet: Supernet, lrs, weight_decay, lr_decay, sampling, loss, block_weights, seed, world,
+            protocol: dict[str, Any]) -> dict:
     return {
         "space": supernet.space.name, "space_source": supernet.space.source, "num_blocks": supernet.num_blocks,
         "lr": [float(x) for x in lrs], "weight_decay": float(weight_decay), "lr_decay": float(lr_decay),
         "sampling": sampling, "loss": loss,
         "block_weights": None if block_weights is None else [float(w) for w in block_weights],
-        "seed": int(seed), "world_size": int(world),
+        "seed": int(seed), "world_size": int(world), **protocol,
     }
 
 
 _RESUME_KEYS = ("space", "num_blocks", "lr", "weight_decay", "lr_decay", "sampling", "loss", "block_weights", "seed",
-                "world_size")
+                "world_size", "weight_decay_1d", "lr_epoch_offset", "teacher_bn", "color_jitter", "random_erasing")
+# the protocol switches' values in checkpoints written before they existed
+_RESUME_DEFAULTS = {"weight_decay_1d": True, "lr_epoch_offset": 0, "teacher_bn": "eval", "color_jitter": 0.0,
+                    "random_erasing": 0.0}
 
 
 def _compile_ops(supernet: Supernet, backend: str = "inductor") -> None:
@@ -408,6 +426,9 @@ def distill(
     resume: bool = True,
     tensorboard: bool = True,
     sync_bn: bool = False,
+    weight_decay_1d: bool = True,
+    lr_epoch_offset: int = 0,
+    augment: BatchAugment | None = None,
 ) -> dict[str, Any]:
     """Distill every block of ``supernet`` from ``teacher``: one teacher forward per batch trains all blocks.
 
@@ -437,6 +458,14 @@ def distill(
         resume: continue from ``run_dir/checkpoints/supernet_last.pt`` if it exists (else start over).
         tensorboard: also write TensorBoard events.
         sync_bn: under DDP on GPU, convert the supernet's BatchNorm layers to synchronized BatchNorm.
+        weight_decay_1d: also decay 1-dim parameters; False: only those with >= 2 dims (the authors').
+        lr_epoch_offset: epoch e runs at ``lr * lr_decay ** (e + lr_epoch_offset)`` (the authors: 1, their first
+            epoch already at 0.9 x lr).
+        augment: a ``BatchAugment`` applied to every batch on the device (the authors' colour jitter and random
+            erasing), seeded by the global step.
+
+    The teacher's BatchNorm follows the teacher: a ``Teacher`` built with ``train_bn=True`` (``teacher.bn=train``,
+    the authors') normalizes with batch statistics during distillation; otherwise it stays in eval mode.
 
     Returns:
         ``{"block_losses": mean loss of each block over the last epoch trained, "epoch": epochs done,
@@ -473,8 +502,12 @@ def distill(
 
         supernet.blocks = convert_sync_batchnorm(supernet.blocks)
     trainer = BlockTrainer(supernet, teacher, lrs, weight_decay=weight_decay, loss=loss, block_weights=block_weights,
-                           amp=amp, device=dev, channels_last=channels_last)
-    config = _config(supernet, lrs, weight_decay, lr_decay, sampling, loss, block_weights, seed, world)
+                           amp=amp, device=dev, channels_last=channels_last, weight_decay_1d=weight_decay_1d)
+    teacher_bn = "train" if getattr(teacher, "train_bn", False) else "eval"
+    protocol = {"weight_decay_1d": bool(weight_decay_1d), "lr_epoch_offset": int(lr_epoch_offset),
+                "teacher_bn": teacher_bn, "color_jitter": augment.color_jitter if augment is not None else 0.0,
+                "random_erasing": augment.random_erasing if augment is not None else 0.0}
+    config = _config(supernet, lrs, weight_decay, lr_decay, sampling, loss, block_weights, seed, world, protocol)
 
     ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME
     start_epoch = start_step = global_step = 0
@@ -483,12 +516,14 @@ def distill(
     last_losses: list[float] = [math.nan] * n
     resumed = resume and ckpt_path.is_file()
     if resumed:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(ckpt_path, what="supernet checkpoint",
+                               fix="delete it to distill from scratch, or pass resume=False")
         old = ckpt.get("config", {})
-        diff = [k for k in _RESUME_KEYS if old.get(k) != config[k]]
+        diff = [k for k in _RESUME_KEYS if old.get(k, _RESUME_DEFAULTS.get(k)) != config[k]]
         if diff:
             raise ValueError(f"{str(ckpt_path)!r} was written with a different config ({', '.join(diff)}: "
-                             f"{[old.get(k) for k in diff]} != {[config[k] for k in diff]}): use a new run_dir, "
+                             f"{[old.get(k, _RESUME_DEFAULTS.get(k)) for k in diff]} != {[config[k] for k in diff]}): "
+                             "use a new run_dir, "
                              "the same settings, or resume=False to start over")
         supernet.load_state_dict(_strip_prefix(ckpt["supernet"]))
         for opt, st in zip(trainer.optimizers, ckpt["optimizers"]):
@@ -539,12 +574,12 @@ def distill(
 
         bar = tqdm(total=total_steps, desc="distill", unit="step", dynamic_ncols=True)
     supernet.train()
-    teacher.train(False)
+    teacher.train(teacher_bn == "train")  # a Teacher with train_bn: only its BNs in train mode
     images_seen, t0 = 0, time.perf_counter()
     running = [math.nan] * n
     try:
         for epoch in range(start_epoch, epochs):
-            cur_lrs = trainer.set_epoch_lr(epoch, lr_decay)
+            cur_lrs = trainer.set_epoch_lr(epoch + int(lr_epoch_offset), lr_decay)
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)
             it = iter(loader)
@@ -560,6 +595,8 @@ def distill(
                 except StopIteration:
                     break
                 images = trainer.prepare(images)
+                if augment is not None:
+                    images = augment(images, global_step)
                 cands = [sampler(i, global_step) for i in blocks]
                 losses = trainer.forward_backward(images, cands, blocks)
                 losses = trainer.reduce(losses, blocks)

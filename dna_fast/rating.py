@@ -12,9 +12,15 @@ data, optionally after recalibrating the BatchNorm statistics of that path (the 
   (written atomically as each block finishes; a re-run skips finished blocks), candidates split among torchrun
   ranks.
 
-Loss definition: ``loss`` = total squared error over all given batches / total number of target elements (the
-per-element mean of ``torch.nn.functional.mse_loss``; with equal batches it is the mean of the per-batch MSEs);
-``rel_loss`` = ``loss`` / population variance of all target elements.
+Every table carries three scores per candidate (``METRICS``; the search sums one, ``rate.metric``, so switching
+needs no re-rating):
+
+* ``loss`` = total squared error over all given batches / total number of target elements (the per-element mean of
+  ``torch.nn.functional.mse_loss``; with equal batches it is the mean of the per-batch MSEs);
+* ``rel_loss`` = ``loss`` / population variance of all target elements;
+* ``rel_l1`` = the authors' score (``cl_loss`` of their ``_potential``): per batch ``mean |s - t| / (std(t) + 1e-9)``
+  with ``std`` the unbiased standard deviation of that batch's target elements, averaged over the batches weighted
+  by their number of images (their ``AverageMeter``; a plain mean for equal batches).
 """
 
 from __future__ import annotations
@@ -29,11 +35,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import atomic_write
+from ._batchnorm import recalibrate_bn
+from ._io import atomic_write, read_table
 from .cost import candidate_costs
 from .space import Candidate, SearchSpace
 
-__all__ = ["rate_block", "rate_block_naive", "rate", "rating_table", "load_ratings"]
+__all__ = ["rate_block", "rate_block_naive", "rate", "rating_table", "load_ratings", "rel_l1_from_sums", "METRICS"]
+
+# the per-candidate scores of every rating table (see the module docstring)
+METRICS = ("loss", "rel_loss", "rel_l1")
+_STD_EPS = 1e-9  # the authors' epsilon in mean |s - t| / (std(t) + eps)
 
 LatencySpec = Any  # callable(candidate) -> ms, {candidate string: ms}, Series, sequence, or table[cell][layer][op]
 
@@ -74,29 +85,6 @@ def _materialize_calib(calib: Iterable | None, device: torch.device) -> list[tor
     return out
 
 
-def _bn_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def recalibrate_bn(module: nn.Module, calib: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The original's ``reset_bn_eval``: reset every BN's running stats, forward ``calib`` with the BNs in train mode
-    and ``momentum=None`` (cumulative average of the batch statistics), then put the module in eval mode.
-
-    Returns:
-        The module's outputs on the calibration batches (computed with batch statistics, as during calibration).
-    """
-    module.eval()
-    bns = _bn_layers(module)
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    outs = [module(x) for x in calib]
-    module.eval()
-    return outs
-
-
 def _image_size(space: SearchSpace, i: int, x: torch.Tensor) -> tuple[int, int]:
     """The image size at which the block's input has the spatial size of ``x`` (for the cost columns)."""
     h, w = x.shape[-2:]
@@ -128,12 +116,13 @@ def _latency_values(space: SearchSpace, i: int, cands: Sequence[Candidate], late
 
 
 def rating_table(space: SearchSpace, i: int, sse: np.ndarray, count: int, target_var: float,
-                 image_size: tuple[int, int], latency: LatencySpec = None):
+                 image_size: tuple[int, int], latency: LatencySpec = None, *, rel_l1: np.ndarray | None = None):
     """The rating DataFrame of block ``i`` from per-candidate sums of squared errors (``candidates(i)`` order).
 
-    Columns ``loss``, ``rel_loss``, ``params``, ``macs`` (child network at ``image_size``), ``latency_ms`` when a
-    latency table is given, and ``in_width`` / ``out_width`` when this block or the one before it has cells of
-    several widths (then each candidate appears once per possible input width, with that width's costs).
+    Columns ``loss``, ``rel_loss``, ``rel_l1`` (``rel_l1``: the given per-candidate values, see
+    ``rel_l1_from_sums``; NaN when not given), ``params``, ``macs`` (child network at ``image_size``), ``latency_ms``
+    when a latency table is given, and ``in_width`` / ``out_width`` when this block or the one before it has cells
+    of several widths (then each candidate appears once per possible input width, with that width's costs).
     """
     import pandas as pd
 
@@ -144,11 +133,14 @@ def rating_table(space: SearchSpace, i: int, sse: np.ndarray, count: int, target
     in_opts = b.child_in_chs_options
     widths = len(in_opts) > 1 or len(b.widths) > 1
     lat = None if latency is None else _latency_values(space, i, cands, latency)
+    l1 = np.full(len(cands), np.nan) if rel_l1 is None else np.asarray(rel_l1, dtype=np.float64)
+    if l1.shape != (len(cands),):
+        raise ValueError(f"block {i}: rel_l1 has shape {l1.shape}, expected ({len(cands)},) (one per candidate)")
     frames = []
     for cin in in_opts:
         costs = candidate_costs(space, i, image_size, child_in_chs=cin)
         cols: dict[str, Any] = {"loss": loss, "rel_loss": loss / target_var if target_var > 0 else loss * np.nan,
-                                "params": costs["params"], "macs": costs["macs"]}
+                                "rel_l1": l1, "params": costs["params"], "macs": costs["macs"]}
         if lat is not None:
             cols["latency_ms"] = lat
         if widths:
@@ -164,6 +156,29 @@ def rating_table(space: SearchSpace, i: int, sse: np.ndarray, count: int, target
     df = df.iloc[order]
     df.index = df.index.droplevel(0)
     return df
+
+
+def rel_l1_from_sums(abs_sums: np.ndarray, targets: Sequence[torch.Tensor]) -> np.ndarray:
+    """The authors' score per candidate from sums of absolute errors per batch.
+
+    Args:
+        abs_sums: ``[batches, candidates]`` sums of ``|student - teacher|`` over each batch's target elements.
+        targets: the teacher's target of each batch.
+
+    Returns:
+        ``[candidates]``: per batch ``abs_sum / numel / (std + 1e-9)`` (unbiased std of the batch's target
+        elements), averaged over the batches weighted by their number of images.
+    """
+    abs_sums = np.asarray(abs_sums, dtype=np.float64)
+    if abs_sums.ndim != 2 or abs_sums.shape[0] != len(targets):
+        raise ValueError(f"abs_sums has shape {abs_sums.shape}, expected [{len(targets)} batches, candidates]")
+    total = np.zeros(abs_sums.shape[1])
+    images = 0
+    for a, t in zip(abs_sums, targets):
+        std = float(t.double().std()) if t.numel() > 1 else 0.0
+        total += t.shape[0] * (a / t.numel() / (std + _STD_EPS))
+        images += t.shape[0]
+    return total / images
 
 
 def _target_stats(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[int, float]:
@@ -210,17 +225,18 @@ def rate_block_naive(supernet: nn.Module, i: int, batches: Iterable, *, calib: I
                      candidates: Sequence[int] | None = None):
     """Reference rating of every candidate of block ``i``, one candidate at a time (see ``rate_block``).
 
-    For each candidate: a deep copy of its path (the stem first for block 0), with ``calib`` its BNs reset and
-    recalibrated (``recalibrate_bn``), then its full forward on every batch in eval mode, all under
-    ``torch.inference_mode()`` (the original rates under ``torch.no_grad()``: no autograd graph is recorded and no
-    activation is kept for a backward pass). ``dtype`` other than fp32 runs under ``torch.autocast``. ``chunk_size``
-    is accepted for symmetry and ignored; ``candidates`` as in ``rate_block``.
+    For each candidate: its path (the stem first for block 0), with ``calib`` its BNs reset and recalibrated in
+    place (``recalibrate_bn``; their stored statistics are put back afterwards), then its full forward on every
+    batch in eval mode, all under ``torch.inference_mode()`` (the original rates under ``torch.no_grad()``: no
+    autograd graph is recorded and no activation is kept for a backward pass). ``dtype`` other than fp32 runs under
+    ``torch.autocast``. ``chunk_size`` is accepted for symmetry and ignored; ``candidates`` as in ``rate_block``.
     """
     space = supernet.space
     device, dtype, pairs, calib_x, count, tvar = _prepare(supernet, i, batches, calib, device, dtype)
     block = supernet.blocks[i]
     cands = space.candidates(i)
     sse = np.zeros(len(cands))
+    sae = np.zeros((len(pairs), len(cands)))  # absolute errors per batch
     wanted = None if candidates is None else {int(j) for j in candidates}
     it = cands
     if progress:
@@ -230,22 +246,31 @@ def rate_block_naive(supernet: nn.Module, i: int, batches: Iterable, *, calib: I
     for j, cand in enumerate(it):
         if candidates is not None and j not in wanted:
             sse[j] = np.nan
+            sae[:, j] = np.nan
             continue
         mods = ([block.stem] if block.stem is not None else []) + supernet.path_modules(i, cand)
-        path = nn.Sequential(*mods)
-        if calib_x is not None:  # recalibration mutates the BNs: work on a private copy of the path
-            path = copy.deepcopy(path)
-        path = path.to(device).eval()
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            if calib_x is not None:
-                recalibrate_bn(path, calib_x)
-            total = 0.0
-            for x, t in pairs:
-                y = path(x).float()
-                total += float(torch.nn.functional.mse_loss(y, t, reduction="sum"))
+        path = nn.Sequential(*mods).to(device).eval()
+        # recalibration resets the path's BNs in place, as the original's reset_bn_eval does, and their stored state
+        # is put back afterwards (a deep copy of the path per candidate cost ~15 % of its forward on dna block 1)
+        saved = None if calib_x is None else [(bn, copy.deepcopy(bn.state_dict()), bn.momentum)
+                                              for bn in path.modules() if isinstance(bn, nn.BatchNorm2d)]
+        try:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                if calib_x is not None:
+                    recalibrate_bn(path, calib_x)
+                total = 0.0
+                for b, (x, t) in enumerate(pairs):
+                    y = path(x).float()
+                    total += float(torch.nn.functional.mse_loss(y, t, reduction="sum"))
+                    sae[b, j] = float(torch.nn.functional.l1_loss(y, t, reduction="sum"))
+        finally:
+            for bn, state, momentum in saved or []:
+                bn.load_state_dict(state)
+                bn.momentum = momentum
         sse[j] = total
     size = image_size or _image_size(space, i, pairs[0][0])
-    return rating_table(space, i, sse, count, tvar, size, latency)
+    l1 = rel_l1_from_sums(sae, [t for _, t in pairs])
+    return rating_table(space, i, sse, count, tvar, size, latency, rel_l1=l1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,7 +282,8 @@ def rate_block(supernet: nn.Module, i: int, batches: Iterable, *, calib: Iterabl
                dtype: torch.dtype | None = None, device: Any = None, chunk_size: int | None = None,
                latency: LatencySpec = None, progress: bool = False, image_size: Any = None,
                candidates: Sequence[int] | None = None):
-    """Rate every candidate of block ``i`` of ``supernet`` by its MSE to the teacher's feature.
+    """Rate every candidate of block ``i`` of ``supernet`` by its error to the teacher's feature (MSE, MSE / var and
+    the authors' normalised L1: see the module docstring).
 
     Args:
         supernet: a ``dna_fast.Supernet``.
@@ -281,17 +307,18 @@ def rate_block(supernet: nn.Module, i: int, batches: Iterable, *, calib: Iterabl
 
     Returns:
         pandas DataFrame indexed by the canonical candidate strings in ``space.candidates(i)`` order with columns
-        ``loss``, ``rel_loss``, ``params``, ``macs`` (+ ``latency_ms``, ``in_width`` / ``out_width``; see
+        ``loss``, ``rel_loss``, ``rel_l1``, ``params``, ``macs`` (+ ``latency_ms``, ``in_width`` / ``out_width``; see
         ``rating_table``).
     """
     from ._rating_engine import rate_block_sse
 
     space = supernet.space
     device, dtype, pairs, calib_x, count, tvar = _prepare(supernet, i, batches, calib, device, dtype)
-    sse = rate_block_sse(supernet, i, pairs, calib_x, dtype=dtype, device=device, chunk_size=chunk_size,
-                         progress=progress, candidates=candidates)
+    sse, sae = rate_block_sse(supernet, i, pairs, calib_x, dtype=dtype, device=device, chunk_size=chunk_size,
+                              progress=progress, candidates=candidates)
     size = image_size or _image_size(space, i, pairs[0][0])
-    return rating_table(space, i, sse, count, tvar, size, latency)
+    l1 = rel_l1_from_sums(sae, [t for _, t in pairs])
+    return rating_table(space, i, sse, count, tvar, size, latency, rel_l1=l1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -326,8 +353,6 @@ def _write_parquet_atomic(df, path: Path) -> None:
 
 def load_ratings(run_dir: str | Path, num_blocks: int | None = None) -> list:
     """Read ``run_dir/ratings/block{i}.parquet`` for every block (all files found when ``num_blocks`` is None)."""
-    import pandas as pd
-
     d = Path(run_dir) / "ratings"
     if num_blocks is None:
         num_blocks = 0
@@ -338,40 +363,63 @@ def load_ratings(run_dir: str | Path, num_blocks: int | None = None) -> list:
         p = d / f"block{i}.parquet"
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist: run the rate stage (dna_fast.rate) first")
-        out.append(pd.read_parquet(p))
+        out.append(read_table(p, what="rating table", fix="delete it and run the rate stage again"))
     return out
 
 
 @torch.no_grad()
 def _collect(teacher: Any, loader: Iterable, blocks: Sequence[int], num_batches: int, calib_batches: int,
-             device: torch.device) -> tuple[dict[int, list], dict[int, list]]:
-    """One teacher forward per batch: the first ``calib_batches`` batches give calibration inputs, the next
-    ``num_batches`` the rated (input, target) pairs of every requested block (kept on the CPU)."""
+             device: torch.device, *, calib_loader: Iterable | None = None, recalibrate_teacher: bool = False
+             ) -> tuple[dict[int, list], dict[int, list]]:
+    """The calibration inputs and the rated (input, target) pairs of every requested block (kept on the CPU).
+
+    Calibration images: the first ``calib_batches`` batches of ``calib_loader`` when given, else of ``loader``
+    (then the rated batches follow them). With ``recalibrate_teacher`` a copy of the teacher first has its BN
+    recalibrated on them (``Teacher.recalibrate_bn``, the authors' rating): the calibration inputs are that forward's
+    features and the rated pairs are computed with the recalibrated statistics. One teacher forward per batch.
+    """
     pairs: dict[int, list] = {i: [] for i in blocks}
-    calib: dict[int, list] = {i: [] for i in blocks}
-    seen = 0
-    for batch in loader:
-        if seen >= calib_batches + num_batches:
+    it = iter(loader)
+    src = iter(calib_loader) if calib_loader is not None else it
+    images = []
+    for batch in src:
+        if len(images) >= calib_batches:
             break
-        images = _images(batch).to(device)
-        bp = teacher.block_pairs(images)
+        images.append(_images(batch).to(device))
+    if len(images) < calib_batches:
+        raise ValueError(f"the calibration loader gave {len(images)} batches: calib_batches={calib_batches} wanted")
+    if recalibrate_teacher:
+        if not hasattr(teacher, "recalibrate_bn"):
+            raise TypeError(f"recalibrate_teacher needs a dna_fast.Teacher (with recalibrate_bn), got "
+                            f"{type(teacher).__name__}")
+        if not images:
+            raise ValueError("recalibrate_teacher needs calib_batches >= 1 (the teacher's BN is recalibrated on them)")
+        teacher = copy.deepcopy(teacher)  # the caller's teacher keeps its statistics
+        calib_pairs = teacher.recalibrate_bn(images)
+    else:
+        calib_pairs = [teacher.block_pairs(x) for x in images]
+    calib = {i: [bp[i][0].detach().float().cpu() for bp in calib_pairs] for i in blocks}
+    del images, calib_pairs
+    seen = 0
+    for batch in it:
+        if seen >= num_batches:
+            break
+        bp = teacher.block_pairs(_images(batch).to(device))
         for i in blocks:
             x, t = bp[i]
-            if seen < calib_batches:
-                calib[i].append(x.detach().float().cpu())
-            else:
-                pairs[i].append((x.detach().float().cpu(), t.detach().float().cpu()))
+            pairs[i].append((x.detach().float().cpu(), t.detach().float().cpu()))
         seen += 1
-    if seen < calib_batches + 1:
-        raise ValueError(f"the loader gave {seen} batches: rating needs calib_batches={calib_batches} plus at least "
-                         "one rated batch")
+    if seen < 1:
+        where = "after its calibration batches" if calib_loader is None else ""
+        raise ValueError(f"the loader gave no batch to rate {where}: rating needs at least one rated batch (lower "
+                         "calib_batches or use more data)")
     return pairs, calib
 
 
 def rate(supernet: nn.Module, teacher: Any, loader: Iterable, run_dir: str | Path, *, num_batches: int = 20,
          calib_batches: int = 0, dtype: torch.dtype | None = None, device: Any = None,
          blocks: Sequence[int] | None = None, progress: bool = True, chunk_size: int | None = None,
-         latency: Any = None) -> list:
+         latency: Any = None, calib_loader: Iterable | None = None, recalibrate_teacher: bool = False) -> list:
     """Rate every candidate of every block and write ``run_dir/ratings/block{i}.parquet`` as each block finishes.
 
     A block whose file exists is read back, not re-rated (resume). One teacher forward per batch feeds all blocks:
@@ -394,11 +442,14 @@ def rate(supernet: nn.Module, teacher: Any, loader: Iterable, run_dir: str | Pat
         latency: optional ``dna_fast.cost.latency_table`` result (its ``block(i)`` per-op form gives each table a
             ``latency_ms`` column; blocks whose input width has several options are left without it, see
             ``dna_fast._latency.add_latency``), or a list with one ``rate_block`` latency argument per block.
+        calib_loader: where the calibration batches come from instead of ``loader`` (``rate.calib_source=train``:
+            the authors' augmented training batch); every batch of ``loader`` is then rated.
+        recalibrate_teacher: recalibrate (a copy of) the teacher's BN on the calibration images first
+            (``teacher.bn=train``, as the authors rate; see ``Teacher.recalibrate_bn``).
 
     Returns:
         The rating table of every requested block (``rate_block``'s format), on every rank.
     """
-    import pandas as pd
     import torch.distributed as dist
 
     space = supernet.space
@@ -416,7 +467,8 @@ def rate(supernet: nn.Module, teacher: Any, loader: Iterable, run_dir: str | Pat
     calib: dict[int, list] = {}
     if todo:
         if rank == 0:
-            pairs, calib = _collect(teacher, loader, todo, num_batches, calib_batches, device)
+            pairs, calib = _collect(teacher, loader, todo, num_batches, calib_batches, device,
+                                    calib_loader=calib_loader, recalibrate_teacher=recalibrate_teacher)
         if world > 1:  # the same batches on every rank
             obj = [(pairs, calib)]
             dist.broadcast_object_list(obj, src=0)
@@ -426,7 +478,7 @@ def rate(supernet: nn.Module, teacher: Any, loader: Iterable, run_dir: str | Pat
     tables = {}
     for i in blocks:
         if i not in todo:
-            tables[i] = pd.read_parquet(paths[i])
+            tables[i] = read_table(paths[i], what="rating table", fix="delete it and run the rate stage again")
             if show:
                 print(f"[rate] block {i}: {paths[i]} exists, skipped", flush=True)
             continue
@@ -445,15 +497,15 @@ def rate(supernet: nn.Module, teacher: Any, loader: Iterable, run_dir: str | Pat
         df = rate_block(supernet, i, pairs[i], calib=calib[i] or None, dtype=dtype, device=device,
                         chunk_size=chunk_size, progress=show, candidates=mine, latency=lat)
         if world > 1:
-            losses = [None] * world
-            dist.all_gather_object(losses, df["loss"].to_numpy())
-            merged = np.full(len(df), np.nan)
-            for arr in losses:
+            parts = [None] * world
+            dist.all_gather_object(parts, df[["loss", "rel_l1"]].to_numpy())
+            merged = np.full((len(df), 2), np.nan)
+            for arr in parts:
                 ok = ~np.isnan(arr)
                 merged[ok] = arr[ok]
             _, tvar = _target_stats(pairs[i])
-            df["loss"] = merged
-            df["rel_loss"] = merged / tvar if tvar > 0 else merged * np.nan
+            df["loss"], df["rel_l1"] = merged[:, 0], merged[:, 1]
+            df["rel_loss"] = merged[:, 0] / tvar if tvar > 0 else merged[:, 0] * np.nan
         dt = time.perf_counter() - t0
         if rank == 0:
             _write_parquet_atomic(df, paths[i])

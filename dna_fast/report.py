@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 
 from ._io import atomic_write, atomic_write_json, atomic_write_text
-from .search import Architecture, format_cost, pareto_front, parse_budget, search
+from .search import Architecture, fix_blocks, format_cost, pareto_front, parse_budget, search, with_metric
 
 __all__ = ["run_search_stage", "load_tables", "write_search_section", "plot_pareto", "reference_points"]
 
 
 def load_tables(run_dir: str | os.PathLike) -> list[Any]:
     """The rating tables ``ratings/block0.parquet``, ``block1.parquet``, ... of a run, in block order."""
-    import pandas as pd
+    from ._io import read_table
 
     rdir = Path(run_dir) / "ratings"
     paths = []
@@ -32,7 +32,7 @@ def load_tables(run_dir: str | os.PathLike) -> list[Any]:
     if not paths:
         raise FileNotFoundError(f"no rating tables in {rdir} (expected block0.parquet, ...): run the 'rate' stage "
                                 "first")
-    return [pd.read_parquet(p) for p in paths]
+    return [read_table(p, what="rating table", fix="delete it and run the rate stage again") for p in paths]
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
@@ -210,6 +210,8 @@ def run_search_stage(
     image_size: Any = None,
     num_classes: int | None = None,
     pareto_cost: str | None = None,
+    metric: str = "loss",
+    fixed_blocks: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """Search stage: exact top-k per budget, the Pareto front, and the files under ``run_dir/search/``.
 
@@ -228,6 +230,10 @@ def run_search_stage(
             space's); it must be the size the rating tables' costs were computed at.
         num_classes: classifier outputs for the base cost (default: the run config's ``num_classes``, else 1000).
         pareto_cost: cost of the front and the plot (default: the first budget's first cost, else ``macs``).
+        metric: the rating column summed: ``loss`` (MSE), ``rel_loss`` or ``rel_l1`` (the authors'); recorded in
+            ``results.json`` (:func:`dna_fast.search.with_metric`).
+        fixed_blocks: block index -> candidate string taken out of the search, its cost counted in the base cost
+            (:func:`dna_fast.search.fix_blocks`; the authors fixed the last block); recorded in ``results.json``.
 
     Returns:
         The content of ``search/results.json``.
@@ -261,6 +267,12 @@ def run_search_stage(
     if base_cost is None and space is not None:
         base_cost, tables = _default_base_cost(space, tables, image_size, num_classes)
     base_cost = dict(base_cost or {})
+    tables = with_metric(tables, metric)
+    fixed = {}
+    for i, c in (fixed_blocks or {}).items():
+        fixed[int(i)] = space.format(int(i), space.parse(int(i), c)) if space is not None else c
+    if fixed:
+        tables, base_cost = fix_blocks(tables, fixed, base_cost)
     arch_def = None
     if space is not None:
         from .models import arch_def
@@ -275,6 +287,8 @@ def run_search_stage(
         "space": getattr(space, "name", None),
         "num_candidates": [len(t) for t in tables],
         "top_k": top_k,
+        "metric": metric,
+        "fixed_blocks": {str(i): c for i, c in sorted(fixed.items())},
         "weights": list(weights) if weights is not None else None,
         "base_cost": base_cost,
         "budgets": [],

@@ -24,8 +24,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ._augment import BatchAugment
 from ._io import atomic_save as save_atomic  # public name kept
-from ._io import atomic_write, atomic_write_json
+from ._io import atomic_write, atomic_write_json, load_checkpoint
 from .config import RetrainConfig
 
 __all__ = [
@@ -101,12 +102,7 @@ def load_weights(path: str | os.PathLike, prefer_ema: bool = True) -> dict[str, 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = load_checkpoint(path, fix="restore the file or point at another one")
     if isinstance(sd, dict):
         keys = ("ema", "model", "state_dict", "model_ema", "state_dict_ema") if prefer_ema else \
             ("model", "state_dict", "ema")
@@ -203,6 +199,7 @@ def train_model(
         model.to(memory_format=torch.channels_last)
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * cfg.epochs
+    augment = BatchAugment(cfg.color_jitter, cfg.random_erasing, seed=rank)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     global_batch = train_loader.batch_size * world
@@ -215,7 +212,8 @@ def train_model(
     start_epoch, step, history = 0, 0, []
     ckpt_path = out_dir / CHECKPOINT
     if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ck = load_checkpoint(ckpt_path, what="retrain checkpoint", map_location=device,
+                             fix="delete it to retrain from scratch (the epochs it held are lost), or restore it")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         if ema is not None and ck.get("ema") is not None:
@@ -257,6 +255,7 @@ def train_model(
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            images = augment(images, step)  # retrain.color_jitter / random_erasing (the identity when off)
             with autocast:
                 loss = criterion(train_model_(images).float(), labels)
             if not torch.isfinite(loss):

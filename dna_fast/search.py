@@ -38,6 +38,9 @@ __all__ = [
     "run_search_stage",
     "calibrate_weights",
     "COST_COLUMNS",
+    "SCORE_COLUMNS",
+    "with_metric",
+    "fix_blocks",
 ]
 
 COST_COLUMNS = ("macs", "params", "latency_ms")
@@ -101,8 +104,12 @@ def _prepare(tables, dims: Sequence[str], weights, base_cost) -> tuple[list[_Blo
         for d in dims:
             if d not in t.columns:
                 raise ValueError(f"table {i} has no {d!r} column, needed by the budget (columns: {list(t.columns)})")
-        if not np.isfinite(t["loss"].to_numpy(dtype=np.float64)).all():
-            raise ValueError(f"table {i} has non-finite losses")
+        for col in ("loss", *dims):
+            bad = np.flatnonzero(~np.isfinite(t[col].to_numpy(dtype=np.float64)))
+            if len(bad):
+                raise ValueError(f"rating table of block {i}: {col} of candidate {t.index[bad[0]]!r} is "
+                                 f"{t[col].iloc[bad[0]]} ({len(bad)} of {len(t)} rows not finite): rate the block "
+                                 "again (a diverged supernet gives NaN; check its distillation losses)")
     has_in = ["in_width" in t.columns for t in tables]
     has_out = ["out_width" in t.columns for t in tables]
     chain = [has_out[i] and has_in[i + 1] for i in range(len(tables) - 1)]
@@ -903,6 +910,77 @@ def synthetic_tables(
             df = pd.concat(rows)
         tables.append(df)
     return tables
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the authors' protocol on top of the tables: the summed metric, fixed blocks
+
+
+SCORE_COLUMNS = ("loss", "rel_loss", "rel_l1")
+
+
+def with_metric(tables: Sequence[Any], metric: str = "loss") -> list[Any]:
+    """The tables with their ``loss`` column (what the search sums) replaced by the ``metric`` column.
+
+    Every rating table carries ``loss`` (MSE), ``rel_loss`` (MSE / var(target)) and ``rel_l1`` (the authors' mean
+    |s - t| / std(t)), so the summed score changes without re-rating. The original MSE stays as ``mse``.
+
+    Raises:
+        ValueError: an unknown metric, or a table without finite values in that column (rated before the column
+            existed: rate again).
+    """
+    if metric not in SCORE_COLUMNS:
+        raise ValueError(f"unknown metric {metric!r}: one of {', '.join(SCORE_COLUMNS)}")
+    if metric == "loss":
+        return list(tables)
+    out = []
+    for i, t in enumerate(tables):
+        if metric not in t.columns or not np.isfinite(t[metric].to_numpy(dtype=np.float64)).all():
+            raise ValueError(f"rating table {i} has no finite {metric!r} column (rated by an older version, or "
+                             "rel_loss of a constant target): delete the run's ratings/ and run the rate stage again, "
+                             "or search with metric 'loss'")
+        t = t.copy()
+        t["mse"] = t["loss"]
+        t["loss"] = t[metric]
+        out.append(t)
+    return out
+
+
+def fix_blocks(tables: Sequence[Any], fixed: Mapping[int, Hashable],
+               base_cost: Mapping[str, float] | None = None) -> tuple[list[Any], dict[str, float]]:
+    """Take blocks out of the search, as the authors fixed the last block (MB6 3x3).
+
+    Block ``i`` of ``fixed`` keeps only the rows of its fixed candidate (its index label) with loss 0, so its score
+    is not in the sum; with a single row its costs move into the base cost (the table's costs become 0), with
+    several rows (one per input width) they stay in the table, where the width chain picks one. Either way every
+    architecture's total cost is unchanged and its choices still name every block.
+
+    Returns:
+        (tables, base_cost) to pass to :func:`search` / :func:`pareto_front`.
+
+    Raises:
+        ValueError: a block index out of range or a label that is not a row of its table (naming a few valid ones).
+    """
+    tables = list(tables)
+    base = {k: float(v) for k, v in (base_cost or {}).items()}
+    for i, label in sorted(fixed.items()):
+        i = int(i)
+        if not 0 <= i < len(tables):
+            raise ValueError(f"fixed block {i} is out of range: the tables cover blocks 0..{len(tables) - 1}")
+        t = tables[i]
+        rows = np.flatnonzero(t.index == label)
+        if len(rows) == 0:
+            some = ", ".join(map(str, list(dict.fromkeys(t.index))[:3]))
+            raise ValueError(f"fixed block {i}: {label!r} is not a candidate of its rating table (e.g. {some})")
+        t = t.iloc[rows].copy()
+        t["loss"] = 0.0
+        if len(t) == 1:
+            for col in COST_COLUMNS:
+                if col in t.columns:
+                    base[col] = base.get(col, 0.0) + float(t[col].iloc[0])
+                    t[col] = 0
+        tables[i] = t
+    return tables, base
 
 
 def _block_losses(tables, arch) -> list[float]:

@@ -34,7 +34,7 @@ from timm.models._efficientnet_builder import decode_arch_def
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 
-from ._io import atomic_save
+from ._io import atomic_save, load_checkpoint
 from .space import SearchSpace
 
 __all__ = ["Teacher", "build_embedded_teacher", "train_teacher", "evaluate_teacher", "load_weights",
@@ -66,12 +66,7 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"teacher checkpoint {str(path)!r} does not exist: pass the path of a safetensors "
                                 "file or a torch state_dict")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, what="teacher checkpoint", fix="restore the file or point at another one")
     if isinstance(state, dict):
         for key in ("state_dict", "model", "state_dict_ema"):
             if key in state and isinstance(state[key], dict):
@@ -202,10 +197,44 @@ class Teacher(nn.Module):
         return hook
 
     def train(self, mode: bool = True) -> Teacher:
-        """The teacher stays in eval mode (frozen BN statistics) unless built with ``train_bn=True``."""
+        """The teacher stays in eval mode (frozen BN statistics) unless built with ``train_bn=True``: then
+        ``train()`` puts its BatchNorm layers (only them: no dropout / drop-path) in train mode, so they normalize
+        with batch statistics and update their running statistics (``teacher.bn=train``, the authors' distillation).
+        """
         super().train(mode)
-        self.model.train(bool(mode) and self.train_bn)
+        self.model.train(False)
+        if mode and self.train_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train(True)
         return self
+
+    @torch.no_grad()
+    def recalibrate_bn(self, calib: Sequence[torch.Tensor]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Recalibrate the teacher's BatchNorm statistics on ``calib`` (image batches), as the authors do at rating.
+
+        Every BN's running statistics are reset and replaced by the cumulative average of the statistics of the
+        ``calib`` batches (one batch: that batch's statistics alone, the authors' BN momentum 1); the teacher is left
+        in eval mode with them (on a deep copy when the caller's teacher must stay untouched).
+
+        Returns:
+            ``block_pairs`` of every calibration batch, computed with batch statistics during the recalibration
+            forward (the inputs the authors recalibrate each candidate's BN on).
+        """
+        if len(calib) == 0:
+            raise ValueError("recalibrate_bn needs at least one calibration batch of images")
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        self.model.train(False)
+        for bn in bns:
+            bn.train(True)
+        try:
+            pairs = [self.block_pairs(x) for x in calib]
+        finally:
+            self.train(False)
+        return pairs
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
@@ -371,7 +400,8 @@ def train_teacher(model: nn.Module, train_loader: Iterable, val_loader: Iterable
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     start = 0
     if partial.exists():
-        st = torch.load(partial, map_location="cpu", weights_only=True)
+        st = load_checkpoint(partial, what="partial teacher checkpoint",
+                             fix="delete it to train the teacher from scratch")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])

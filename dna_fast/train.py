@@ -7,12 +7,14 @@ budget), ``retrain`` (the found architecture, the random controls, or ``model=..
 then ``summary.json`` and ``report.md``).
 
 Bad input (unknown config key, wrong type, missing data path or checkpoint, a stage whose input the run directory
-lacks) stops before anything is written, with one message and exit code 2.
+lacks, a damaged checkpoint or rating table) stops with one message and exit code 2, before anything is written or
+without changing what was.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -23,13 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_json, atomic_write_text
+from ._io import DamagedFileError, atomic_write_json, atomic_write_text, load_checkpoint
 from .config import ConfigError, RunConfig, builtin_run_config, dump_yaml, load_config
 
-__all__ = ["STAGES", "main", "run", "StageInputError", "stage_status"]
+__all__ = ["ALL_STAGES", "STAGES", "main", "run", "StageInputError", "stage_status"]
 
 STAGES = ("teacher", "distill", "rate", "search", "retrain", "evaluate")
+# stages run only when asked for (--stages) or enabled in the config (rank_check.enabled)
+ALL_STAGES = (*STAGES, "rank_check")
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1  # the run could not finish: a stage's library is missing, the disk is full
 
 
 class StageInputError(RuntimeError):
@@ -51,6 +56,7 @@ _NEEDS: dict[str, tuple[_Need, ...]] = {
     "search": (_Need("dna_fast.report", ("run_search_stage",)),),
     "retrain": (_Need("dna_fast.retrain", ("train_model",)), _Need("dna_fast.models", ("build",))),
     "evaluate": (_Need("dna_fast.retrain", ("evaluate",)),),
+    "rank_check": (_Need("dna_fast.rank_check", ("run_units",)), _Need("dna_fast.retrain", ("train_model",))),
 }
 
 
@@ -109,6 +115,7 @@ class Context:
                 rank=self.rank, world_size=self.world_size, device=self.device, dtype=torch.float32,
                 workers=d.workers, seed=self.cfg.seed, skip_corrupt=d.skip_corrupt,
                 num_classes=self.cfg.num_classes or 1000,
+                max_images={"train": d.max_train_images, "val": d.max_val_images}.get(split),
             )
         return self._loaders[key]
 
@@ -120,6 +127,28 @@ class Context:
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
+
+
+def _data_fallback(cfg: RunConfig, run_dir_given: bool, log: Callable[[str], None]) -> None:
+    """``data.backend=fashion_mnist`` without its files and with ``data.fallback`` set: use the fallback backend.
+
+    The message says how to get Fashion-MNIST. Unless the run dir was given, the fallback run goes to
+    ``<run_dir>-<fallback>`` so that it never resumes (or is resumed by) a Fashion-MNIST run.
+    """
+    d = cfg.data
+    if d.backend != "fashion_mnist" or not d.fallback or d.fallback == "fashion_mnist":
+        return
+    from .data.fashion_mnist import find_fashion_mnist
+
+    try:
+        find_fashion_mnist(d.root)
+        return
+    except FileNotFoundError as e:
+        why = str(e)
+    d.backend, d.root = d.fallback, None
+    if not run_dir_given:
+        cfg.run_dir = f"{cfg.run_dir}-{d.fallback}"
+    log(f"{why}\n-> this run uses data.backend={d.fallback} instead (run dir {cfg.run_dir})")
 
 
 def _model_image_size(name: str | None) -> int | None:
@@ -178,12 +207,10 @@ def teacher_checkpoint(ctx: Context) -> Path | None:
 
 def supernet_epochs(ctx: Context) -> int | None:
     """Epochs the run dir's distilled supernet has finished (None: no checkpoint)."""
-    import torch
-
     p = ctx.path("checkpoints", "supernet_last.pt")
     if not p.is_file():
         return None
-    ck = torch.load(p, map_location="cpu", weights_only=True)
+    ck = load_checkpoint(p, what="supernet checkpoint", fix="delete it to distill again from scratch, or restore it")
     return int(ck.get("epoch", 0))
 
 
@@ -267,6 +294,9 @@ def check_inputs(ctx: Context) -> None:
         if not timm.is_model(cfg.model):
             raise ConfigError(f"config key 'model': {cfg.model!r} is not a timm model (e.g. dna_a, dna_b, dna_c, "
                               "dna_d, efficientnet_b0); leave it empty to use the search result")
+    if "rank_check" in sel and "rate" not in sel and not ratings_done(ctx):
+        raise StageInputError(f"stage rank_check needs {ctx.run_dir}/ratings/block{{0..{ctx.space.num_blocks - 1}}}"
+                              ".parquet: run the pipeline up to --stages rate first")
     if "evaluate" in sel and "retrain" not in sel:
         if cfg.model and cfg.checkpoint:
             if not Path(cfg.checkpoint).is_file():
@@ -322,9 +352,10 @@ def build_teacher(ctx: Context) -> Any:
     ck = teacher_checkpoint(ctx)
     if t.train:
         model = build_embedded_teacher(ctx.space, num_classes=ctx.num_classes)
-        return Teacher(model, ctx.space, checkpoint=ck)
+        return Teacher(model, ctx.space, checkpoint=ck, train_bn=t.bn == "train")
     name = t.model or ctx.space.teacher.model
-    return Teacher(name, ctx.space, checkpoint=ck, pretrained=t.pretrained, allow_random_teacher=t.allow_random_teacher)
+    return Teacher(name, ctx.space, checkpoint=ck, pretrained=t.pretrained, allow_random_teacher=t.allow_random_teacher,
+                   train_bn=t.bn == "train")
 
 
 def stage_teacher(ctx: Context) -> dict:
@@ -356,6 +387,21 @@ def stage_teacher(ctx: Context) -> dict:
     return res
 
 
+def distill_augment(ctx: Context) -> Any:
+    """The distillation's batch augmentation (``distill.color_jitter`` / ``distill.random_erasing``), None if off."""
+    from .distill import BatchAugment
+
+    d = ctx.cfg.distill
+    aug = BatchAugment(d.color_jitter, d.random_erasing, seed=ctx.cfg.seed)
+    return aug if aug.active else None
+
+
+def _augmented(loader: Any, augment: Any) -> Any:
+    """``loader``'s batches with ``augment`` applied (step = batch position), for the train calibration batch."""
+    for step, batch in enumerate(loader):
+        yield (augment(batch[0], step), *batch[1:]) if augment is not None else batch
+
+
 def stage_distill(ctx: Context) -> dict:
     """Distills the supernet into ``checkpoints/supernet_last.pt`` (resumes from it; done when all epochs are)."""
     from .distill import distill
@@ -374,6 +420,9 @@ def stage_distill(ctx: Context) -> dict:
         kwargs["lr"] = [d.lr] * ctx.space.num_blocks
     if d.max_steps_per_epoch:
         kwargs["max_steps_per_epoch"] = d.max_steps_per_epoch
+    kwargs.update(weight_decay=d.weight_decay, weight_decay_1d=d.weight_decay_1d, lr_decay=d.lr_decay,
+                  lr_epoch_offset=d.lr_epoch_offset, amp=None if d.amp == "auto" else d.amp,
+                  augment=distill_augment(ctx))
     res = distill(supernet, teacher, ctx.loader("train"), ctx.run_dir, **kwargs)
     losses = ", ".join(f"{x:.4g}" for x in res.get("block_losses", []))
     ctx.log(f"[distill] epoch {res.get('epoch')} of {d.epochs}{' (resumed)' if res.get('resumed') else ''}; "
@@ -395,12 +444,18 @@ def stage_rate(ctx: Context) -> dict:
 
     dtype = torch.bfloat16 if r.bf16 and ctx.device.type == "cuda" else torch.float32
     loader = ctx.loader("val", r.batch_size or ctx.cfg.data.batch_size)
-    if len(loader) < r.num_batches + r.calib_batches:
-        raise StageInputError(f"rate needs rate.calib_batches + rate.num_batches = {r.calib_batches + r.num_batches}"
+    from_train = r.calib_source == "train"
+    need = r.num_batches + (0 if from_train else r.calib_batches)
+    if len(loader) < need:
+        raise StageInputError(f"rate needs {'' if from_train else 'rate.calib_batches + '}rate.num_batches = {need}"
                               f" batches but the val split gives {len(loader)} of {loader.batch_size}: lower them or "
                               "rate.batch_size")
+    calib_loader = None
+    if from_train:  # the authors': augmented training batches (the run seed's first), drawn once
+        calib_loader = _augmented(ctx.loader("train", r.batch_size or ctx.cfg.data.batch_size), distill_augment(ctx))
     res = rate(supernet.to(ctx.device), teacher.to(ctx.device), loader, ctx.run_dir, num_batches=r.num_batches,
-               calib_batches=r.calib_batches, device=ctx.device, dtype=dtype, progress=sys.stderr.isatty())
+               calib_batches=r.calib_batches, device=ctx.device, dtype=dtype, progress=sys.stderr.isatty(),
+               calib_loader=calib_loader, recalibrate_teacher=ctx.cfg.teacher.bn == "train")
     best = ", ".join(f"{t['loss'].min():.4g}" for t in res)
     ctx.log(f"[rate] {sum(len(t) for t in res)} candidates rated -> {ctx.run_dir}/ratings/ (best loss per block: "
             f"{best})")
@@ -418,15 +473,21 @@ def stage_search(ctx: Context) -> dict:
 
     s = ctx.cfg.search
     budget = parse_budget(s.budget)
+    metric = ctx.cfg.rate.metric
+    try:
+        fixed = {str(i): ctx.space.format(int(i), ctx.space.parse(int(i), c)) for i, c in s.fixed_blocks.items()}
+    except (ValueError, IndexError) as e:
+        raise ConfigError(f"config key 'search.fixed_blocks': {e}") from None
     res_path = ctx.path("search", "results.json")
     if res_path.is_file():
         old = json.loads(res_path.read_text())
-        if [b.get("budget") for b in old.get("budgets", [])] == [budget] and old.get("top_k") == s.top_k:
+        same = old.get("metric", "loss") == metric and old.get("fixed_blocks", {}) == fixed
+        if [b.get("budget") for b in old.get("budgets", [])] == [budget] and old.get("top_k") == s.top_k and same:
             best = found_architecture(ctx)
             ctx.log(f"[search] done before: best {best['arch_str']} ({best['macs'] / 1e6:.3f} M MACs)")
             return old
     res = run_search_stage(ctx.run_dir, [budget], top_k=s.top_k, space=ctx.space, image_size=ctx.image_size,
-                           num_classes=ctx.num_classes)
+                           num_classes=ctx.num_classes, metric=metric, fixed_blocks=s.fixed_blocks)
     best = found_architecture(ctx)
     ctx.log(f"[search] budget {s.budget}: best {best['arch_str']} ({best['macs'] / 1e6:.3f} M MACs)")
     plan_path = ctx.path("retrain", "plan.json")
@@ -586,7 +647,6 @@ def _short(res: Any) -> str:
 def stage_evaluate(ctx: Context) -> dict:
     """Top-1 / top-5 of the raw and EMA weights of every retrained model (or of ``model`` + ``checkpoint``)."""
     import timm
-    import torch
 
     from .retrain import evaluate, load_weights
 
@@ -607,7 +667,7 @@ def stage_evaluate(ctx: Context) -> dict:
     for name, entry in plan.items():
         ck = ctx.path("retrain", name, "last.pth")
         model = _build_child(ctx, entry).to(ctx.device)
-        state = torch.load(ck, map_location="cpu", weights_only=True)
+        state = load_checkpoint(ck, what="retrain checkpoint", fix=f"delete {ck.parent} to retrain {name} again")
         model.load_state_dict(state["model"])
         res = {"raw": evaluate(model, val, ctx.device, amp=r.amp)}
         if state.get("ema") is not None:
@@ -622,9 +682,127 @@ def stage_evaluate(ctx: Context) -> dict:
     return results
 
 
+def _machine() -> str:
+    import platform
+
+    model = ""
+    try:
+        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{platform.node()}: {model or platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def _parse_compare(text: str) -> dict[str, str]:
+    out = {}
+    for item in [x.strip() for x in text.split(",") if x.strip()]:
+        if "=" not in item:
+            raise ConfigError(f"config key 'rank_check.compare': {item!r} is not LABEL=RUN_DIR")
+        lab, d = item.split("=", 1)
+        out[lab.strip()] = d.strip()
+    return out
+
+
+def stage_rank_check(ctx: Context) -> dict:
+    """The ranking check (:mod:`dna_fast.rank_check`): stand-alone blocks and networks vs the ratings.
+
+    Writes ``rank_check/plan.json`` once (what is trained: reused on a rerun, so the study resumes unit by unit),
+    one file per finished unit, and ``rank_check/results.json`` / ``report.md`` / plots after every unit.
+    """
+    import dataclasses
+
+    import torch
+
+    from . import models
+    from . import rank_check as rk
+    from .data import build_loader
+    from .rating import load_ratings
+    from .retrain import train_model
+
+    rc, space = ctx.cfg.rank_check, ctx.space
+    out = ctx.path("rank_check")
+    out.mkdir(parents=True, exist_ok=True)
+    key = {k: v for k, v in dataclasses.asdict(rc).items() if k not in ("enabled", "analyze_only", "bootstrap")}
+    plan_path = out / "plan.json"
+    if plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+        if plan.get("config") != key:
+            raise StageInputError(f"{plan_path} was made with other rank_check settings ({plan.get('config')}): keep "
+                                  "those settings to resume, or move rank_check/ away to start a new study")
+    else:
+        tables = load_ratings(ctx.run_dir, space.num_blocks)
+        compare = {}
+        for lab, d in _parse_compare(rc.compare).items():
+            try:
+                compare[lab] = load_ratings(d, space.num_blocks)
+            except FileNotFoundError as e:
+                raise StageInputError(f"rank_check.compare {lab}={d}: {e}") from None
+        found, controls = None, None
+        if search_done(ctx):
+            found = found_architecture(ctx)
+            found = {k: found[k] for k in ("choices", "macs", "params")}
+            if rc.found_random:
+                ctl = random_controls(ctx, found, rc.found_random, rc.macs_tolerance)
+                controls = {f"random_{k + 1}": {k2: e[k2] for k2 in ("choices", "macs", "params")}
+                            for k, e in enumerate(ctl)}
+        plan = rk.build_plan(space, tables, rc, seed=ctx.cfg.seed, image_size=ctx.image_size,
+                             num_classes=ctx.num_classes, found=found, controls=controls, compare=compare)
+        plan["config"] = key
+        if ctx.is_main:
+            _write_json(plan, plan_path)
+    d = ctx.cfg.data
+    eval_split = "test" if d.backend == "fashion_mnist" else "val"
+    block_steps = rc.block_steps
+    if not block_steps:
+        per_epoch = len(ctx.loader("train"))
+        block_steps = ctx.cfg.distill.epochs * min(per_epoch, ctx.cfg.distill.max_steps_per_epoch or per_epoch)
+    extra = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
+             "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file()
+             else None, "threads": torch.get_num_threads(), "data": d.backend, "network_eval_split": eval_split,
+             "block_steps": block_steps, "distill_sampling": ctx.cfg.distill.sampling, "run_dir": str(ctx.run_dir)}
+    if rc.analyze_only:
+        res = rk.refresh(out, plan, rc.noise_seeds, rc.bootstrap, ctx.cfg.seed, extra)
+        ctx.log(f"[rank_check] analyzed {res['status']['done']} of {res['status']['total']} finished units")
+        return res
+    teacher = build_teacher(ctx).to(ctx.device).eval()
+    feats: dict[int, Any] = {}
+
+    def train_block(b: int, cand: str, seed: int) -> dict:
+        if b not in feats:
+            feats.clear()  # one block's features in memory at a time
+            bs = rc.block_batch_size
+            feats[b] = (rk.block_features(teacher, ctx.loader("train", bs), b, rc.block_train_images, ctx.device),
+                        rk.block_features(teacher, ctx.loader("val", bs), b, rc.block_val_images, ctx.device))
+        tr, va = feats[b]
+        return rk.train_block_candidate(space, b, cand, tr, va, steps=block_steps, lr=rc.block_lr,
+                                        batch_size=rc.block_batch_size, seed=seed, device=ctx.device)
+
+    rcfg = dataclasses.replace(ctx.cfg.retrain, epochs=rc.network_epochs)
+    eval_loader = ctx.loader(eval_split) if eval_split == "val" else build_loader(
+        backend=d.backend, root=d.root, split=eval_split, batch_size=d.val_batch_size or d.batch_size,
+        image_size=ctx.image_size, device=ctx.device)
+
+    def train_net(name: str, entry: dict, seed: int) -> dict:
+        torch.manual_seed(seed)
+        model = models.build(space, entry["choices"], num_classes=ctx.num_classes, drop_rate=rcfg.dropout,
+                             drop_path_rate=rcfg.drop_path)
+        tl = build_loader(backend=d.backend, root=d.root, split="train", batch_size=rcfg.batch_size or d.batch_size,
+                          image_size=ctx.image_size, device=ctx.device, seed=seed,
+                          max_images=rc.network_train_images or d.max_train_images)
+        meta = {"choices": entry["choices"], "macs": entry["macs"], "params": entry["params"], "seed": seed,
+                "eval_split": eval_split}
+        return train_model(model, tl, eval_loader, out / "networks" / f"{name}_s{seed}", cfg=rcfg, device=ctx.device,
+                           meta=meta, log=lambda s: None)
+
+    res = rk.run_units(out, plan, rc.noise_seeds, train_block=train_block, train_net=train_net,
+                       n_boot=rc.bootstrap, seed=ctx.cfg.seed, log=ctx.log, extra=extra)
+    return res
+
+
 _RUNNERS: dict[str, Callable[[Context], Any]] = {
     "teacher": stage_teacher, "distill": stage_distill, "rate": stage_rate, "search": stage_search,
-    "retrain": stage_retrain, "evaluate": stage_evaluate,
+    "retrain": stage_retrain, "evaluate": stage_evaluate, "rank_check": stage_rank_check,
 }
 
 
@@ -632,11 +810,11 @@ _RUNNERS: dict[str, Callable[[Context], Any]] = {
 def parse_stages(s: str | None) -> list[str]:
     if s is None or s.strip() == "":
         return list(STAGES)
-    out = [x.strip() for x in s.split(",") if x.strip()]
-    bad = [x for x in out if x not in STAGES]
+    out = [x.strip().replace("-", "_") for x in s.split(",") if x.strip()]
+    bad = [x for x in out if x not in ALL_STAGES]
     if bad:
-        raise ConfigError(f"unknown stage(s) {', '.join(bad)}: choose from {','.join(STAGES)}")
-    return [st for st in STAGES if st in out]  # always in pipeline order
+        raise ConfigError(f"unknown stage(s) {', '.join(bad)}: choose from {','.join(ALL_STAGES)}")
+    return [st for st in ALL_STAGES if st in out]  # always in pipeline order
 
 
 def run(cfg: RunConfig, run_dir: str | os.PathLike, stages: Sequence[str] = STAGES,
@@ -674,17 +852,22 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, stages: Sequence[str] = STAG
             log(f"[{st}] skipped: {skipped[st]}")
             continue
         t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed + STAGES.index(st))  # per stage: a stage run alone gives what a full run gives
+        torch.manual_seed(cfg.seed + ALL_STAGES.index(st))  # per stage: a stage run alone gives what a full run gives
         results[st] = _RUNNERS[st](ctx)
         ran.append(st)
         log(f"[{st}] {time.perf_counter() - t0:.1f} s")
     summary = None
-    if ctx.is_main and not cfg.model and ("evaluate" in ran or "retrain" in ran):
+    if ctx.is_main and not cfg.model and ("evaluate" in ran or "retrain" in ran or "rank_check" in ran):
         from .summary import write_summary
 
         summary = write_summary(ctx)
         log("")
         log(summary["table"])
+        if "rank_check" in ran:
+            from .rank_check import closing_lines
+
+            log("")
+            log("\n".join(closing_lines(results["rank_check"], cfg)))
         log(f"\nreport: {run_dir / 'report.md'}   summary: {run_dir / 'summary.json'}")
     if missing:
         log(f"\npipeline incomplete: stage(s) {', '.join(missing)} not implemented yet; no results were made up.")
@@ -702,6 +885,8 @@ def _input_present(ctx: Context, st: str) -> bool:
         return ratings_done(ctx)
     if st == "retrain":
         return bool(ctx.cfg.model) or search_done(ctx)
+    if st == "rank_check":
+        return ratings_done(ctx)
     return all(ctx.path("retrain", n, "last.pth").is_file() for n in retrain_entries(ctx)) or bool(ctx.cfg.checkpoint)
 
 
@@ -726,7 +911,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m dna_fast.train --stages evaluate model=dna_a checkpoint=dna_a.pth data.root=/data/imagenet "
             "data.backend=torchvision\n"
             "  torchrun --nproc_per_node=8 -m dna_fast.train --config configs/runs/imagenet_dna.yaml ...\n\n"
-            "Exit codes: 0 done, 2 bad input (nothing in the run dir is changed)."
+            "Exit codes: 0 done, 1 not finished (a stage's library is missing, the disk is full: what was written "
+            "stays), 2 bad input (a bad config, a missing or damaged input file: nothing in the run dir is changed)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -757,15 +943,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         stages = parse_stages(args.stages)
+        if args.stages is None and cfg.rank_check.enabled:
+            stages.append("rank_check")
+        _data_fallback(cfg, run_dir_given=bool(args.run_dir), log=lambda s: print(s, flush=True))
         run_dir = Path(args.run_dir or cfg.run_dir)
         if args.run_dir:
             cfg.run_dir = str(run_dir)
         if args.config is None and not args.run_dir:
             print(f"embedded default: {builtin_run_config('embedded')} -> {run_dir}", flush=True)
         res = run(cfg, run_dir, stages, log=lambda s: print(s, flush=True))
-    except (ConfigError, StageInputError, FileNotFoundError) as e:
+    except (ConfigError, StageInputError, FileNotFoundError, DamagedFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:  # a data error from the loaders is bad input too
         from .data import DataError
 
@@ -773,7 +967,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
         raise
-    return 0 if not res["missing"] else 0
+    return 0 if not res["missing"] else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -4,7 +4,15 @@ import os
 import pytest
 import torch
 
-from dna_fast._io import atomic_save, atomic_write, atomic_write_json, atomic_write_text
+from dna_fast._io import (
+    DamagedFileError,
+    atomic_save,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    read_table,
+)
 
 
 def test_text_json_and_torch_round_trip(tmp_path):
@@ -51,3 +59,68 @@ def test_csv_newline_passthrough(tmp_path):
     assert (tmp_path / "l.csv").read_bytes() == b"a,b\r\n"
     with pytest.raises(ValueError):
         atomic_write(tmp_path / "x", lambda f: None, mode="a")
+
+
+# ---------------------------------------------------------------------------------------------- damaged files
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:  # garbage: the right size, wrong bytes
+        path.write_bytes(bytes((b * 7 + 3) % 256 for b in data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_damaged_checkpoint_is_one_clear_error(tmp_path, how):
+    p = tmp_path / "ck.pt"
+    atomic_save({"w": torch.randn(64, 64)}, p)
+    _damage(p, how)
+    before = p.read_bytes()
+    with pytest.raises(DamagedFileError) as e:
+        load_checkpoint(p, what="supernet checkpoint", fix="delete it")
+    msg = str(e.value)
+    assert msg.startswith(f"supernet checkpoint {str(p)!r} cannot be read") and msg.endswith(": delete it")
+    assert "\n" not in msg
+    assert p.read_bytes() == before  # the damaged file is evidence: left as it was
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_damaged_safetensors_and_parquet(tmp_path):
+    import pandas as pd
+    from safetensors.torch import save_file
+
+    st = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(8, 8)}, str(st))
+    assert torch.equal(load_checkpoint(st)["w"], torch.ones(8, 8))
+    _damage(st, "truncated")
+    with pytest.raises(DamagedFileError, match="w.safetensors"):
+        load_checkpoint(st)
+    pq = tmp_path / "block0.parquet"
+    df = pd.DataFrame({"loss": [0.5, 0.25], "macs": [1, 2]}, index=pd.Index(["a", "b"], name="candidate"))
+    df.to_parquet(pq)
+    pd.testing.assert_frame_equal(read_table(pq), df)
+    for how in ("truncated", "garbage"):
+        df.to_parquet(pq)
+        _damage(pq, how)
+        with pytest.raises(DamagedFileError, match=r"rating table .*block0.parquet.* cannot be read"):
+            read_table(pq, what="rating table")
+
+
+def test_disk_full_keeps_previous_file_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    p = tmp_path / "last.pth"
+    atomic_save({"epoch": 1}, p)
+    before = p.read_bytes()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)  # what a full disk does to the write
+    with pytest.raises(OSError, match="no space left on the device while writing .*last.pth") as e:
+        atomic_save({"epoch": 2}, p)
+    assert e.value.errno == errno.ENOSPC
+    assert p.read_bytes() == before and [q.name for q in tmp_path.iterdir()] == ["last.pth"]

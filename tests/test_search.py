@@ -148,6 +148,22 @@ def test_bad_tables_raise():
         search([t], {"macs": 1}, top_k=0)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("col", ["loss", "macs"])
+def test_non_finite_table_is_refused_naming_block_and_candidate(bad, col):
+    rng = np.random.default_rng(0)
+    tables = _random_tables(rng, 3)
+    tables[1] = pd.DataFrame({"loss": [0.5, 0.25, 0.125], "macs": [1.0, 2.0, 3.0], "params": [1, 1, 1]},
+                             index=["ir_k3_e3", "ir_k5_e6", "ir_k7_e6"])
+    tables[1].loc["ir_k5_e6", col] = bad
+    with pytest.raises(ValueError, match=rf"block 1: {col} of candidate 'ir_k5_e6' is {bad}"):
+        search(tables, {"macs": 1e9})
+    with pytest.raises(ValueError, match="block 1"):
+        pareto_front(tables, "macs")
+    tables[1].loc["ir_k5_e6", col] = 0.5  # the same tables once finite: searched
+    assert search(tables, {"macs": 1e9})[0].loss == pytest.approx(search_reference(tables, {"macs": 1e9})[0].loss)
+
+
 def test_medium_instance_against_brute_force():
     """Realistic shapes (many equal integer costs) on 3 blocks of 36 candidates (46656 combinations)."""
     tables = synthetic_tables(layers=[2, 2, 2], seed=5, noise=0.05)

@@ -128,17 +128,16 @@ def full_run(tmp_path_factory):
     if not _all_stages_ready():
         pytest.skip("a stage library is not in the package yet")
     run_dir = tmp_path_factory.mktemp("full") / "run"
-    t0 = time.perf_counter()
+    # NOTE no time limit: speed is measured by benchmarks, a loaded CI machine must not fail a correct run
     p = subprocess.run([sys.executable, "-m", "dna_fast.train", "--run-dir", str(run_dir), *TINY],
-                       capture_output=True, text=True, timeout=300, cwd=REPO)
+                       capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
-    return run_dir, p.stdout, time.perf_counter() - t0
+    return run_dir, p.stdout
 
 
 @needs_pipeline
 def test_end_to_end_tiny(full_run):
-    run_dir, out, seconds = full_run
-    assert seconds < 120, f"tiny pipeline took {seconds:.0f} s"
+    run_dir, out = full_run
     s = json.loads((run_dir / "summary.json").read_text())
     teacher = json.loads((run_dir / "teacher/metrics.json").read_text())
     assert s["teacher_acc"] == teacher["acc"]
@@ -171,7 +170,7 @@ def test_end_to_end_tiny(full_run):
 @needs_pipeline
 def test_stage_by_stage_equals_full_run(full_run, tmp_path, capsys):
     """Each stage run alone (a fresh start per stage, as after an interruption) gives the full run's results."""
-    run_dir, _, _ = full_run
+    run_dir, _ = full_run
     step_dir = tmp_path / "steps"
     for st in train.STAGES:
         rc, out, err = _main(["--run-dir", step_dir, "--stages", st, *TINY], capsys)
@@ -196,19 +195,18 @@ def test_stage_by_stage_equals_full_run(full_run, tmp_path, capsys):
 def test_kill_during_stage_then_resume(full_run, tmp_path, stage, marker):
     """SIGKILL while a stage runs (once it has checkpointed); the rerun resumes and ends with the uninterrupted
     run's results."""
-    run_dir, _, _ = full_run
+    run_dir, _ = full_run
     kill_dir = tmp_path / "killed"
     args = [sys.executable, "-m", "dna_fast.train", "--run-dir", str(kill_dir), *TINY,
             "distill.checkpoint_every_steps=1", "retrain.checkpoint_every=1"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ck = kill_dir / marker
-    deadline = time.time() + 150
-    while not ck.exists() and p.poll() is None and time.time() < deadline:
+    while not ck.exists() and p.poll() is None:  # no deadline: a loaded machine is slow, not wrong
         time.sleep(0.02)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert ck.exists(), f"{stage} wrote no checkpoint before the deadline"
+    assert ck.exists(), f"{stage} wrote no checkpoint (the run ended first)"
     assert not (kill_dir / "summary.json").exists(), "the kill came after the run had finished"
     if stage == "distill":
         done = torch.load(ck, weights_only=True)
@@ -260,7 +258,7 @@ def test_missing_stage_library_is_reported_not_faked(tmp_path, capsys, monkeypat
             run_dir / "ratings" / f"block{i}.parquet")
     monkeypatch.setitem(train._NEEDS, "search", (train._Need("dna_fast.no_such_module", ("run_search_stage",)),))
     rc, out, _ = _main(["--run-dir", run_dir, "--stages", "search,retrain,evaluate"], capsys)
-    assert rc == 0
+    assert rc == train.EXIT_FAILED == 1  # not finished: a script or CI job must not take it for a complete run
     assert "[search] missing: dna_fast.no_such_module is not implemented yet" in out
     for st in ("retrain", "evaluate"):
         assert f"[{st}] skipped: needs the output of stage search" in out
