@@ -1,7 +1,9 @@
 # dna_fast: `make run` and `make test` set everything up on a fresh machine (idempotent; quick on a second call).
 #   make run       .venv + pinned deps + package + extension, then `python -m dna_fast.train` (embedded default)
 #   make test      the same set-up, then the Python tests (GPU tests skip without a GPU) and the C++ tests
-#                  (ASan + UBSan)
+#                  (ASan + UBSan), which include the CUDA kernels run in the CPU emulator (docs/emulator.md)
+#   make test-cuda       only the CUDA kernels in the emulator (ASan + UBSan; also in random block / thread order)
+#   make test-cuda-tsan  the same under ThreadSanitizer (a missing __syncthreads is a data race); not in make test
 #   make bench     pytest benchmarks --benchmark-only
 #   make bench-gpu build with CUDA and run every GPU benchmark; writes benchmarks/results/<device>-<date>.json
 SHELL := /bin/bash
@@ -15,7 +17,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 CMAKE_BUILD := build/cmake
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-py test-cpp bench bench-gpu lint clean
+.PHONY: setup run test test-py test-cpp test-cuda test-cuda-tsan bench bench-gpu lint clean
 
 setup: $(STAMPS)/package $(STAMPS)/ext
 
@@ -54,6 +56,19 @@ test-cpp: $(STAMPS)/deps
 		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" > /dev/null
 	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS) > /dev/null
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+# The CUDA kernels in the emulator alone (no libtorch, no GPU): the test-cpp build, its emulator targets only.
+test-cuda: $(STAMPS)/deps
+	cmake -S . -B $(CMAKE_BUILD) $(CMAKE_ARGS) \
+		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)" > /dev/null
+	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS) --target cudasim_tests > /dev/null
+	ctest --test-dir $(CMAKE_BUILD) -L cudasim --output-on-failure
+
+test-cuda-tsan:
+	cmake -S . -B $(CMAKE_BUILD)-tsan -DTSAN=ON -DBUILD_OPS=OFF \
+		$(if $(CUDA_ROOT),-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_ROOT)) > /dev/null
+	cmake --build $(CMAKE_BUILD)-tsan -j $(MAX_JOBS) --target cudasim_tests > /dev/null
+	ctest --test-dir $(CMAKE_BUILD)-tsan -L cudasim --output-on-failure
 
 bench: setup
 	$(PY) -m pytest benchmarks --benchmark-only -q -s $(PYTEST_ARGS)
