@@ -35,7 +35,6 @@ __all__ = [
     "parse_budget",
     "format_cost",
     "synthetic_tables",
-    "run_search_stage",
     "calibrate_weights",
     "COST_COLUMNS",
     "SCORE_COLUMNS",
@@ -1037,10 +1036,3 @@ def calibrate_weights(tables: Sequence[Any], architectures: Sequence[Any], accur
     if not np.any(w > 0) or w.mean() <= 0:
         raise ValueError("the accuracies do not decrease with any block's loss: no weights fit")
     return w / w.mean()
-
-
-def run_search_stage(*args, **kwargs):
-    """Search stage of the pipeline (see :func:`dna_fast.report.run_search_stage`)."""
-    from .report import run_search_stage as _run
-
-    return _run(*args, **kwargs)
