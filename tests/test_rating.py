@@ -323,3 +323,13 @@ def test_naive_reference_records_no_autograd(mini):
             rate_block_naive(mini, 1, pairs, calib=c, candidates=[0, 7])
         assert rec.seen > 100, "the recorder saw no forward"
         assert not rec.grad, f"tensors requiring grad produced by {sorted(set(rec.grad))}"
+
+
+def test_naive_reference_leaves_bn_statistics(mini):
+    """The reference recalibrates each path's BNs in place (as the original) and puts the stored statistics back."""
+    before = {k: v.clone() for k, v in mini.state_dict().items()}
+    pairs, cal = _data(mini.space, 2, 16, batch=2, n=1, seed=11, calib=1)
+    rate_block_naive(mini, 2, pairs, calib=cal, candidates=[0, 3])
+    after = mini.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert all(m.momentum == 0.1 and not m.training for m in mini.modules() if isinstance(m, nn.BatchNorm2d))
