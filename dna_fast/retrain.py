@@ -264,8 +264,8 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if ema is not None:
-                ema.update(model, step=step)
+            if ema is not None:  # timm counts updates from 1: the first update copies the weights, then decay
+                ema.update(model, step=step + 1)
             loss_sum += loss.item()
             n += 1
             step += 1

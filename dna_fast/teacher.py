@@ -415,8 +415,12 @@ def train_teacher(model: nn.Module, train_loader: Iterable, val_loader: Iterable
         model.train()
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        for images, labels in train_loader:
+        for step, (images, labels) in enumerate(train_loader):
             loss = F.cross_entropy(model(images.to(device)), labels.to(device), label_smoothing=label_smoothing)
+            if not torch.isfinite(loss):  # stop before the step that would spoil the weights
+                kept = f"{partial} holds the last complete epoch" if partial.exists() else "nothing was saved yet"
+                raise FloatingPointError(f"teacher training: loss is {loss.item()} at epoch {epoch} step {step}: "
+                                         f"lower the teacher's lr or check the data ({kept})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

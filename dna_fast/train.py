@@ -911,8 +911,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m dna_fast.train --stages evaluate model=dna_a checkpoint=dna_a.pth data.root=/data/imagenet "
             "data.backend=torchvision\n"
             "  torchrun --nproc_per_node=8 -m dna_fast.train --config configs/runs/imagenet_dna.yaml ...\n\n"
-            "Exit codes: 0 done, 1 not finished (a stage's library is missing, the disk is full: what was written "
-            "stays), 2 bad input (a bad config, a missing or damaged input file: nothing in the run dir is changed)."
+            "Exit codes: 0 done, 1 not finished (a stage's library is missing, the disk is full, a loss became NaN: "
+            "what was written stays), 2 bad input (a bad config, a missing or damaged input file: nothing in the run dir is changed)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -958,6 +958,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except FloatingPointError as e:  # a diverged stage (NaN / inf loss): its last checkpoint is kept
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as e:  # a data error from the loaders is bad input too

@@ -283,3 +283,48 @@ def test_synthetic():
     assert len(loader) == len(batches) == 2 and [b[0].shape[0] for b in batches] == [8, 2]
     assert all(x.dtype == torch.bfloat16 and x.shape[1:] == (3, 24, 24) for x, _ in batches)
     assert all(y.dtype == torch.int64 and 0 <= y.min() and y.max() < 5 for _, y in batches)
+
+
+def test_train_augmentation_is_a_random_resized_crop_and_flip(tmp_path):
+    """On a gradient image (red = column, green = row) each train sample shows its crop box and flip: the box's area
+    is 8-100 % of the image with aspect ratio 3/4-4/3 (torchvision's RandomResizedCrop), about half the samples are
+    mirrored, and the boxes differ between samples and epochs. Solid-colour images would hide all of this."""
+    W, H, s = 96, 72, 24
+    yy, xx = np.mgrid[0:H, 0:W]
+    arr = np.stack([xx * 255 / (W - 1), yy * 255 / (H - 1), np.full_like(xx, 128.0)], -1).round().astype(np.uint8)
+    for name in ("a", "b"):
+        for j in range(4):
+            os.makedirs(tmp_path / "train" / name, exist_ok=True)
+            PIL.fromarray(arr).save(tmp_path / "train" / name / f"g{j}.png")  # lossless
+    loader = _loader("torchvision", str(tmp_path), "train", batch_size=4, image_size=s, seed=3)
+    boxes, flips, firsts = [], [], []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        for x, _ in loader:
+            rgb = (x.float() * STD + MEAN) * 255  # [B, 3, s, s]
+            for img in rgb:
+                cx = img[0].mean(0) * (W - 1) / 255  # source column of each output column (mean over rows)
+                cy = img[1].mean(1) * (H - 1) / 255
+                # interior slope (edges are clamped by the resampling filter): box size = s * source px per output px
+                wb = s * abs(float(cx[-4] - cx[3])) / (s - 7)
+                hb = s * float(cy[-4] - cy[3]) / (s - 7)
+                boxes.append((wb, hb))
+                flips.append(bool(cx[-4] < cx[3]))
+                assert hb > 0, "rows are never flipped"
+            firsts.append(x[0].clone())
+    area = np.array([w * h / (W * H) for w, h in boxes])
+    aspect = np.array([w / h for w, h in boxes])
+    assert len(boxes) == 24
+    assert (area >= 0.08 * 0.85).all() and (area <= 1.05).all(), area
+    assert (aspect >= 0.75 * 0.9).all() and (aspect <= 4 / 3 * 1.1).all(), aspect
+    assert area.std() > 0.1 and area.min() < 0.5  # random scales, not one fixed crop
+    assert 4 <= sum(flips) <= 20  # p = 0.5 of a flip (24 samples: outside [4, 20] has probability ~1e-3)
+    assert not torch.equal(firsts[0], firsts[2]) and not torch.equal(firsts[0], firsts[4])  # new crops per epoch
+    # val: no augmentation, the centre crop of the resized image (the same every time, never mirrored)
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / "val" / name)
+        PIL.fromarray(arr).save(tmp_path / "val" / name / "g.png")
+    a, _ = next(iter(_loader("torchvision", str(tmp_path), "val", batch_size=2, image_size=s)))
+    cx = ((a.float() * STD + MEAN) * 255)[0, 0].mean(0)
+    assert torch.equal(a[0], a[1]) and cx[-4] > cx[3]
+    assert abs(float(cx[-4] + cx[3]) / 2 - 127.5) < 3  # centred

@@ -187,11 +187,23 @@ def test_found_architecture_with_drop_path_and_channels_last(tmp_path):
 
     sp = SearchSpace.load("dna_mini")
     choices = [sp.candidates(i)[0] for i in range(sp.num_blocks)]
+    from timm.layers import DropPath
+
     m = models.build(sp, choices, num_classes=7, drop_rate=0.2, drop_path_rate=0.2)
-    res = train_model(m, ListLoader(size=16), ListLoader(size=16, shuffle=False), tmp_path,
+    assert any(isinstance(x, DropPath) and x.drop_prob > 0 for x in m.modules())
+    val = ListLoader(size=16, shuffle=False)
+    res = train_model(m, ListLoader(size=16), val, tmp_path,
                       cfg=_cfg(epochs=1, channels_last=True, drop_path=0.2, dropout=0.2), device="cpu",
                       log=lambda s: None)
-    assert 0.0 <= res["top1"] <= 100.0 and res["steps"] == 3
+    assert res["steps"] == 3
+    # the reported accuracy is the trained model's (in eval mode: no dropout / drop-path), by a plain forward
+    with torch.no_grad():
+        logits = m.eval()(val.x)
+    assert res["top1"] == pytest.approx(100 * (logits.argmax(1) == val.y).float().mean().item())
+    assert res["loss"] == pytest.approx(nn.functional.cross_entropy(logits, val.y).item(), rel=1e-4)
+    x = val.x[:4].contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():  # in train mode drop-path and dropout are live: two passes differ
+        assert not torch.equal(m.train()(x), m(x))
 
 
 def test_ddp_two_ranks_gloo(tmp_path):
@@ -215,3 +227,155 @@ def test_ddp_two_ranks_gloo(tmp_path):
     assert m["global_batch"] == 64 and m["steps"] == 3 and m["n_val"] == 360
     assert e["raw"]["top1"] == pytest.approx(m["top1"]) and e["ema"]["top1"] == pytest.approx(m["ema_top1"])
     assert p.stdout.count("[retrain] dna_mini_teacher: val top-1") == 1  # one rank reports
+
+
+# ---------------------------------------------------------------------------------------------- damaged files, disk
+def test_damaged_checkpoint_is_refused_and_kept(tmp_path):
+    from dna_fast._io import DamagedFileError
+
+    ck = tmp_path / "last.pth"
+    ck.write_bytes(b"\x80\x02 half a pickle")
+    with pytest.raises(DamagedFileError, match=r"retrain checkpoint .*last.pth' cannot be read.*delete it"):
+        train_model(tiny_model(), ListLoader(), ListLoader(shuffle=False), tmp_path, cfg=_cfg(), device="cpu",
+                    log=lambda s: None)
+    assert ck.read_bytes() == b"\x80\x02 half a pickle" and sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
+    with pytest.raises(DamagedFileError, match="last.pth"):
+        load_weights(ck)
+
+
+def test_disk_full_during_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
+    import errno
+
+    real, calls = torch.save, []
+
+    def save(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the second epoch's checkpoint: the disk is full
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError, match=r"no space left on the device while writing .*last.pth.*intact") as e:
+        train_model(tiny_model(), ListLoader(), ListLoader(shuffle=False), tmp_path, cfg=_cfg(epochs=3),
+                    device="cpu", log=lambda s: None)
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.setattr(torch, "save", real)
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 1  # epoch 1's, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth", "log.csv"]  # no temp file, no metrics
+    # space again: the run resumes from epoch 1 and ends like an uninterrupted one
+    res = train_model(tiny_model(), ListLoader(), ListLoader(shuffle=False), tmp_path, cfg=_cfg(epochs=3),
+                      device="cpu", log=lambda s: None)
+    ref = train_model(tiny_model(), ListLoader(), ListLoader(shuffle=False), tmp_path / "ref", cfg=_cfg(epochs=3),
+                      device="cpu", log=lambda s: None)
+    assert res["top1"] == ref["top1"] and res["ema_top1"] == ref["ema_top1"] and res["steps"] == ref["steps"]
+
+
+# ---------------------------------------------------------------------------------------------- EMA, smoothing
+def test_ema_is_the_average_of_the_weights_after_each_step(tmp_path):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    m, d = tiny_model(), 0.6
+    snaps = []
+    hook = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: snaps.append({k: v.detach().clone() for k, v in m.named_parameters()}))
+    try:
+        res = train_model(m, ListLoader(), ListLoader(shuffle=False), tmp_path, cfg=_cfg(epochs=2, ema_decay=d),
+                          device="cpu", log=lambda s: None)
+    finally:
+        hook.remove()
+    assert len(snaps) == res["steps"] == 6 and res["ema_decay"] == d
+    ema = snaps[0]  # the first update copies the weights (timm counts updates from 1), then decay d per step
+    for s in snaps[1:]:
+        ema = {k: d * ema[k] + (1 - d) * s[k] for k in ema}
+    ck = torch.load(tmp_path / "last.pth", weights_only=True)
+    for k, v in ema.items():
+        torch.testing.assert_close(ck["ema"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(ck["model"][k], snaps[-1][k], rtol=0, atol=0)
+    assert any((ck["ema"][k] - ck["model"][k]).abs().max() > 1e-3 for k in ema)  # the EMA is not the raw weights
+    ema_model = tiny_model()
+    ema_model.load_state_dict(ck["ema"])
+    assert res["ema_top1"] == evaluate(ema_model, ListLoader(shuffle=False), "cpu")["top1"] == res["acc"]
+
+
+def _plain_model(classes=7):
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, classes))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_training_loss_is_label_smoothed_cross_entropy(tmp_path, smoothing):
+    # lr 0: the weights stay, so the logged epoch loss is the plain smoothed cross-entropy of the initial model
+    train_model(_plain_model(), ListLoader(), ListLoader(shuffle=False), tmp_path,
+                cfg=_cfg(epochs=1, lr_per_256=0.0, ema_decay=0.0, label_smoothing=smoothing), device="cpu",
+                log=lambda s: None)
+    import csv
+
+    with open(tmp_path / "log.csv") as f:
+        logged = float(next(csv.DictReader(f))["train_loss"])
+    ref, loader = _plain_model(), ListLoader()
+    loader.set_epoch(0)
+    with torch.no_grad():
+        pairs = [(ref(x), y) for x, y in loader]
+    want = sum(nn.functional.cross_entropy(lo, y, label_smoothing=smoothing).item() for lo, y in pairs) / len(pairs)
+    other = sum(nn.functional.cross_entropy(lo, y, label_smoothing=0.3 - smoothing).item() for lo, y in pairs)
+    assert logged == pytest.approx(want, rel=1e-6)
+    assert abs(other / len(pairs) - want) > 1e-3  # a thousand times the tolerance: a wrong smoothing fails
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+class _Shard(ListLoader):
+    """Rank ``rank``'s contiguous half of every batch of a ListLoader (batch_size per rank, as under DDP)."""
+
+    def __init__(self, rank, world, **kw):
+        super().__init__(**kw)
+        self.rank, self.world, self.full = rank, world, self.batch_size
+        self.batch_size = self.full // world
+
+    def __len__(self):
+        return len(self.x) // self.full
+
+    def __iter__(self):
+        per = self.batch_size
+        self.batch_size = self.full
+        try:
+            for x, y in super().__iter__():
+                yield x[self.rank * per:(self.rank + 1) * per], y[self.rank * per:(self.rank + 1) * per]
+        finally:
+            self.batch_size = per
+
+
+def _ddp_retrain(rank, world, init, out):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(100 + rank)  # different RNG per rank: the weights must still come out as one process's
+        train_model(_plain_model(), _Shard(rank, world), _Shard(rank, world, shuffle=False), out,
+                    cfg=_cfg(epochs=2), device="cpu", log=lambda s: None)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_ranks_equal_one_process(tmp_path):
+    """2 ranks with half of each batch == 1 process with the whole batch (GroupNorm: per-sample statistics): the same
+    weights, EMA and accuracy, the learning rate scaled by the global batch."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_retrain, args=(2, f"file://{tmp_path / 'store'}", str(tmp_path / "ddp")), nprocs=2, join=True)
+    one = train_model(_plain_model(), ListLoader(), ListLoader(shuffle=False), tmp_path / "one", cfg=_cfg(epochs=2),
+                      device="cpu", log=lambda s: None)
+    two = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert two["global_batch"] == one["global_batch"] == 16 and two["lr"] == pytest.approx(one["lr"])
+    assert two["n_val"] == one["n_val"] == 48 and two["steps"] == one["steps"] == 6
+    a = torch.load(tmp_path / "ddp" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "one" / "last.pth", weights_only=True)
+    init = _plain_model().state_dict()
+    for part in ("model", "ema"):
+        for k, v in b[part].items():
+            torch.testing.assert_close(a[part][k], v, rtol=1e-4, atol=1e-5, msg=f"{part} {k}")
+            if part == "model" and k == "0.weight":
+                assert (v - init[k]).abs().max() > 1e-2  # training moved it far more than the tolerance
+    assert two["top1"] == pytest.approx(one["top1"]) and two["ema_top1"] == pytest.approx(one["ema_top1"])

@@ -151,6 +151,15 @@ def test_weights_required_and_loaded(tmp_path):
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="does not fit the teacher model"):
         Teacher("dna_mini_teacher", "dna_mini", checkpoint=tmp_path / "bad.pt")
+    # damaged files: one clear error naming the file, the file left as it was
+    from dna_fast._io import DamagedFileError
+
+    for f in ("t.pth", "t.safetensors"):
+        p = tmp_path / f
+        p.write_bytes(p.read_bytes()[:200])
+        with pytest.raises(DamagedFileError, match=rf"teacher checkpoint .*{f}' cannot be read"):
+            Teacher("dna_mini_teacher", "dna_mini", checkpoint=p)
+        assert p.stat().st_size == 200
 
 
 @pytest.mark.slow
@@ -212,6 +221,45 @@ def test_train_teacher_resumes_and_skips(tmp_path):
     t = Teacher("dna_mini_teacher", "dna_mini", checkpoint=tmp_path / "a.pt")
     x = val.batches[0][0]
     torch.testing.assert_close(t(x)[-1], Teacher(ref, "dna_mini")(x)[-1], rtol=0, atol=0)
+
+
+def test_train_teacher_damaged_partial_and_nan_loss(tmp_path):
+    from dna_fast._io import DamagedFileError
+
+    val = _Batches(1, 32)
+    out = tmp_path / "t.pt"
+    partial = tmp_path / "t.pt.partial"
+    partial.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    m = build_embedded_teacher("dna_mini")
+    with pytest.raises(DamagedFileError, match=r"partial teacher checkpoint .*t.pt.partial.*delete it"):
+        train_teacher(m, _Batches(n=1), val, epochs=1, lr=5e-3, device="cpu", out_path=out)
+    assert partial.read_bytes() == b"PK\x03\x04 not a whole checkpoint" and not out.exists()
+    partial.unlink()
+    # one good epoch, then a NaN batch in the second: stops at that step, the first epoch's partial checkpoint kept
+    nan = _Batches(n=2)
+    nan.batches[1] = (torch.full_like(nan.batches[1][0], float("nan")), nan.batches[1][1])
+    good = _Batches(n=2)
+
+    class _Switch(_Batches):
+        def __init__(self):
+            self.fail_epoch, self.epoch = None, 0
+
+        def __len__(self):
+            return 2
+
+        def __iter__(self):
+            return iter((good if self.epoch == 0 else nan).batches)
+
+    torch.manual_seed(0)
+    m = build_embedded_teacher("dna_mini")
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1 step 1: .*t.pt.partial holds"):
+        train_teacher(m, _Switch(), val, epochs=2, lr=5e-3, device="cpu", out_path=out)
+    assert not out.exists()
+    st = torch.load(partial, weights_only=True)
+    assert st["epoch"] == 1 and all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
+    for k, v in m.state_dict().items():  # the weights were not stepped with the NaN gradient either
+        if v.is_floating_point() and "running" not in k:
+            assert torch.isfinite(v).all(), k
 
 
 @pytest.mark.slow
