@@ -912,7 +912,8 @@ def build_parser() -> argparse.ArgumentParser:
             "data.backend=torchvision\n"
             "  torchrun --nproc_per_node=8 -m dna_fast.train --config configs/runs/imagenet_dna.yaml ...\n\n"
             "Exit codes: 0 done, 1 not finished (a stage's library is missing, the disk is full, a loss became NaN: "
-            "what was written stays), 2 bad input (a bad config, a missing or damaged input file: nothing in the run dir is changed)."
+            "what was written stays), 2 bad input (a bad config, a missing or damaged input file: nothing in the run "
+            "dir is changed)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
