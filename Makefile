@@ -6,6 +6,8 @@
 #   make test-cuda-tsan  the same under ThreadSanitizer (a missing __syncthreads is a data race); not in make test
 #   make bench     pytest benchmarks --benchmark-only
 #   make bench-gpu build with CUDA and run every GPU benchmark; writes benchmarks/results/<device>-<date>.json
+#   make gpu-check the one GPU check of a bare GPU machine, its own torch, <= 6 min (docs/gpu_check.md);
+#                  GPU_CHECK_ARGS=--dry-run runs it anywhere with CPU stand-ins
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +19,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 CMAKE_BUILD := build/cmake
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-py test-cpp test-cuda test-cuda-tsan bench bench-gpu lint clean
+.PHONY: setup run test test-py test-cpp test-cuda test-cuda-tsan bench bench-gpu gpu-check lint clean
 
 setup: $(STAMPS)/package $(STAMPS)/ext
 
@@ -75,6 +77,11 @@ bench: setup
 
 bench-gpu: setup
 	$(PY) -m benchmarks.gpu.run
+
+# No setup: it uses the torch installed on the GPU machine and builds the extension itself (sm_90, MAX_JOBS=nproc).
+GPU_CHECK_ARGS ?=
+gpu-check:
+	bash benchmarks/gpu/check.sh $(GPU_CHECK_ARGS)
 
 lint:
 	$(PY) -m ruff check dna_fast tests benchmarks
