@@ -2,16 +2,25 @@
 
 Block 1 (0-based) of ``dna``: hidden width 40, 4 layers, 1296 candidates, 48x56x56 teacher input -> 80x28x28 target.
 CPU: batch 8, with and without BN recalibration; target >= 10x (asserted: >= 5x, see the NOTE below). Both engines
-run on one thread (``DNA_BENCH_THREADS`` overrides), then both on every core.
+run on one thread, then both on every core (``DNA_BENCH_THREAD_COUNTS=1,2`` sets the list).
 
-The naive reference runs each candidate separately, so by default it runs on a fixed random quarter of the
-candidates and its time is scaled to all 1296 (``DNA_BENCH_FULL_NAIVE=1``: all of them); the fast engine always rates
-all 1296 and must equal the reference (rel 1e-4) on every candidate the reference ran.
+Baseline: ``rate_block_naive``, the original's rating loop: for every candidate its own path of timm modules, its
+BNs reset and recalibrated in place (the original's ``reset_bn_eval``), then its forward on every batch, under
+``torch.inference_mode()`` (the original rates under ``torch.no_grad()``), NCHW fp32 as the original runs it. It
+is fair because it is what a user of the original gets, without its avoidable overheads (no autograd graph, no
+copy of the path per candidate). ``DNA_BENCH_NAIVE_CHANNELS_LAST=1`` runs the baseline channels_last instead (the
+engine's own layout; measured within noise of NCHW on the loaded 2-core VM, 2026-12-01).
+
+Protocol: both engines are first warmed up at the full batch (the first large run in a process pays the allocator's
+warm-up, which would flip a one-shot comparison), then each runs once, timed alone: the reference on a fixed random
+quarter of the candidates (its time scaled to all 1296; ``DNA_BENCH_NAIVE_SAMPLE=k``: k of them, for a quick run;
+``DNA_BENCH_FULL_NAIVE=1``: all of them) and the engine on all 1296. No figure is reported unless the engine equals
+the reference (rel 1e-4) on every candidate the reference ran.
 
 Memory: peak RSS growth (polled every ms) while rating a 2-layer and a 4-layer block of the same width (36 and 1296
 candidates, batch 8, with calib), each in a fresh process.
-GPU (``-m gpu``): batch 256 bf16 vs the naive reference (same sampling), candidates/s, and the wall time to rate all
-six blocks of dna on 20 batches.
+GPU (``-m gpu``): batch 256 bf16 vs the naive reference in bf16 autocast (same sampling), candidates/s, and the wall
+time to rate all six blocks of dna on 20 batches (data made and checked before the timed region).
 """
 
 from __future__ import annotations
@@ -31,10 +40,11 @@ from dna_fast.rating import rate_block, rate_block_naive
 from dna_fast.space import SearchSpace
 from dna_fast.supernet import Supernet
 
-# one thread (the headline figure) and every core, both engines alike
-THREADS = int(os.environ.get("DNA_BENCH_THREADS", "1"))
-THREAD_COUNTS = sorted({THREADS, os.cpu_count() or 1})
+THREAD_COUNTS = sorted({int(t) for t in os.environ.get("DNA_BENCH_THREAD_COUNTS", f"1,{os.cpu_count() or 1}")
+                        .split(",")})
 FULL = os.environ.get("DNA_BENCH_FULL_NAIVE", "0") == "1"
+NAIVE_SAMPLE = int(os.environ.get("DNA_BENCH_NAIVE_SAMPLE", "0"))  # 0: a quarter of the candidates
+NAIVE_CL = os.environ.get("DNA_BENCH_NAIVE_CHANNELS_LAST", "0") == "1"
 
 
 def _space(blocks: slice | list = slice(0, 2)):
@@ -52,16 +62,22 @@ def _perturb(model, seed=0):
             m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
 
 
-def _compare(i, sn, pairs, calib, sample, **kw):
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(f, device="cpu"):
+    """(result, wall seconds) of f() alone, synchronized on a GPU."""
+    _sync(device)
     t0 = time.perf_counter()
-    fast = rate_block(sn, i, pairs, calib=calib, **kw)
-    t_fast = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref = rate_block_naive(sn, i, pairs, calib=calib, candidates=sample, **kw)
-    t_naive = (time.perf_counter() - t0) * len(fast) / len(sample)
-    a, b = fast["loss"].to_numpy()[sample], ref["loss"].to_numpy()[sample]
-    rel = float(np.max(np.abs(a - b) / np.abs(b)))
-    return fast, t_fast, t_naive, rel
+    out = f()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+def _max_rel(a, b) -> float:
+    return float(np.max(np.abs(a - b) / np.abs(b)))
 
 
 @pytest.mark.parametrize("threads", THREAD_COUNTS, ids=[f"{t}thr" for t in THREAD_COUNTS])
@@ -75,17 +91,32 @@ def test_bench_rating_cpu_block1(benchmark, with_calib, threads):
     pairs = [(torch.randn(8, 48, 56, 56, generator=g), torch.randn(8, 80, 28, 28, generator=g))]
     calib = [torch.randn(8, 48, 56, 56, generator=g)] if with_calib else None
     n = sn.space.num_candidates(1)
-    sample = np.arange(n) if FULL else np.sort(np.random.default_rng(0).choice(n, n // 4, replace=False))
-    fast, t_fast, t_naive, rel = _compare(1, sn, pairs, calib, sample)
+    k = n if FULL else (NAIVE_SAMPLE or n // 4)
+    sample = np.sort(np.random.default_rng(0).choice(n, min(k, n), replace=False))
+    naive_sn, naive_pairs, naive_calib = sn, pairs, calib
+    if NAIVE_CL:
+        import copy
+
+        cl = torch.channels_last
+        naive_sn = copy.deepcopy(sn).to(memory_format=cl)
+        naive_pairs = [(x.contiguous(memory_format=cl), t) for x, t in pairs]
+        naive_calib = None if calib is None else [x.contiguous(memory_format=cl) for x in calib]
+    # warm-up at the full batch, both engines (allocator, oneDNN primitives, lazy inits)
+    rate_block_naive(naive_sn, 1, naive_pairs, calib=naive_calib, candidates=sample[:4])
+    rate_block(sn, 1, pairs, calib=calib, candidates=np.arange(6))
+
+    ref, t_naive = _timed(lambda: rate_block_naive(naive_sn, 1, naive_pairs, calib=naive_calib, candidates=sample))
+    t_naive *= n / len(sample)
+    fast, t_fast = _timed(lambda: benchmark.pedantic(rate_block, args=(sn, 1, pairs), kwargs={"calib": calib},
+                                                     rounds=1, iterations=1))
+    rel = _max_rel(fast["loss"].to_numpy()[sample], ref["loss"].to_numpy()[sample])
     assert rel <= 1e-4, f"fast differs from the reference by {rel:.3g}"
-    # one measured round of the fast engine through pytest-benchmark (the comparison above is the ratio's source)
-    benchmark.pedantic(lambda: rate_block(sn, 1, pairs, calib=calib), rounds=1, iterations=1)
-    t_fast = min(t_fast, benchmark.stats.stats.min)
     report(f"rating dna block 1 cpu batch 8 {'calib' if with_calib else 'stored BN'} {threads} thread(s)",
            fast_s=t_fast, naive_s=t_naive, naive_sampled=len(sample), ratio=t_naive / t_fast,
-           cands_per_s=n / t_fast, threads=threads, max_rel_diff=rel, target_10x_met=t_naive / t_fast >= 10)
-    # NOTE the issue's target is 10x; measured 8-10x on the shared 2-core VM (see README). The assertion guards against
-    # regressions (prefix sharing alone gives ~6x) rather than failing every run on this noisy machine.
+           cands_per_s=n / t_fast, threads=threads, max_rel_diff=rel, target_10x_met=t_naive / t_fast >= 10,
+           naive_layout="channels_last" if NAIVE_CL else "nchw")
+    # NOTE the issue's target is 10x; the assertion guards against regressions (prefix sharing alone gives ~6x)
+    # rather than failing every run on a noisy shared machine.
     assert t_naive / t_fast >= 5, f"only {t_naive / t_fast:.1f}x faster than the reference"
 
 
@@ -140,9 +171,20 @@ def test_bench_rating_memory(benchmark):
     assert ratio <= 1.5
 
 
+def _bf16_checked(fast_bf16, naive_bf16, ref32, sample) -> tuple[float, float]:
+    """The engine's bf16 losses are at most twice as far from the fp32 reference as the reference's own bf16 run
+    (plus 1e-3): the flash-attention rule for a low-precision kernel. Returns both errors (max rel over sample)."""
+    err_fast = _max_rel(fast_bf16[sample], ref32[sample])
+    err_naive = _max_rel(naive_bf16[sample], ref32[sample])
+    assert err_fast <= 2 * err_naive + 1e-3, f"bf16 engine error {err_fast:.3g} vs the reference's {err_naive:.3g}"
+    return err_fast, err_naive
+
+
 @gpu
 @pytest.mark.gpu
 def test_bench_rating_gpu_block1(benchmark):
+    from scipy.stats import kendalltau
+
     torch.manual_seed(0)
     dev = torch.device("cuda")
     sn = Supernet(_space()).eval().to(dev)
@@ -150,39 +192,53 @@ def test_bench_rating_gpu_block1(benchmark):
     pairs = [(torch.randn(256, 48, 56, 56, device=dev), torch.randn(256, 80, 28, 28, device=dev))]
     n = sn.space.num_candidates(1)
     sample = np.sort(np.random.default_rng(0).choice(n, 64, replace=False))
-    rate_block(sn, 1, pairs, dtype=torch.bfloat16, candidates=sample[:4])  # warm up kernels
-    torch.cuda.synchronize()
-    fast, t_fast, t_naive, _ = _compare(1, sn, pairs, None, sample, dtype=torch.bfloat16)
-    fp32 = rate_block(sn, 1, pairs)
-    from scipy.stats import kendalltau
-
-    tau = float(kendalltau(fast["loss"], fp32["loss"]).statistic)
-    benchmark.pedantic(lambda: rate_block(sn, 1, pairs, dtype=torch.bfloat16), rounds=1, iterations=1)
+    bf = torch.bfloat16
+    rate_block(sn, 1, pairs, dtype=bf, candidates=sample[:4])  # warm up kernels
+    rate_block_naive(sn, 1, pairs, dtype=bf, candidates=sample[:4])
+    # checks first: bf16 engine vs the fp32 reference, ranking vs the fp32 engine
+    ref32 = rate_block_naive(sn, 1, pairs, candidates=sample)["loss"].to_numpy()
+    fp32 = rate_block(sn, 1, pairs)["loss"].to_numpy()
+    naive, t_naive = _timed(lambda: rate_block_naive(sn, 1, pairs, dtype=bf, candidates=sample), dev)
+    t_naive *= n / len(sample)
+    fast, t_fast = _timed(lambda: benchmark.pedantic(rate_block, args=(sn, 1, pairs), kwargs={"dtype": bf},
+                                                     rounds=1, iterations=1), dev)
+    fast_l = fast["loss"].to_numpy()
+    err_fast, err_naive = _bf16_checked(fast_l, naive["loss"].to_numpy(), ref32, sample)
+    tau = float(kendalltau(fast_l, fp32).statistic)
     report("rating dna block 1 gpu batch 256 bf16", fast_s=t_fast, naive_s=t_naive, ratio=t_naive / t_fast,
-           cands_per_s=n / t_fast, kendall_vs_fp32=tau, device=torch.cuda.get_device_name())
+           cands_per_s=n / t_fast, kendall_vs_fp32=tau, top1_same=int(fast_l.argmin() == fp32.argmin()),
+           fp32_engine_vs_reference=_max_rel(fp32[sample], ref32[sample]), bf16_rel_err=err_fast,
+           naive_bf16_rel_err=err_naive, device=torch.cuda.get_device_name())
     assert t_naive / t_fast >= 25
 
 
 @gpu
 @pytest.mark.gpu
 def test_bench_rating_gpu_all_blocks(benchmark):
+    """Every block's data is made, and the engine checked on a few candidates of that block against the reference,
+    before its timed call; only ``rate_block`` itself is timed."""
     torch.manual_seed(0)
     dev = torch.device("cuda")
     sn = Supernet("dna").eval().to(dev)
     shapes = sn.space.block_io_shapes(224)
     batches = 20
-
-    def run():
-        total = 0
-        t0 = time.perf_counter()
-        for i, ((ci, hi, wi), (co, ho, wo)) in enumerate(shapes):
-            pairs = [(torch.randn(256, ci, hi, wi, device=dev), torch.randn(256, co, ho, wo, device=dev))
-                     for _ in range(batches)]
-            rate_block(sn, i, pairs, dtype=torch.bfloat16)
-            total += sn.space.num_candidates(i)
-        torch.cuda.synchronize()
-        return total, time.perf_counter() - t0
-
-    total, wall = benchmark.pedantic(run, rounds=1, iterations=1)
+    bf = torch.bfloat16
+    rng = np.random.default_rng(0)
+    total, wall = 0, 0.0
+    for i, ((ci, hi, wi), (co, ho, wo)) in enumerate(shapes):
+        pairs = [(torch.randn(256, ci, hi, wi, device=dev), torch.randn(256, co, ho, wo, device=dev))
+                 for _ in range(batches)]
+        n = sn.space.num_candidates(i)
+        few = np.sort(rng.choice(n, min(n, 4), replace=False))
+        check = pairs[:1]
+        _bf16_checked(rate_block(sn, i, check, dtype=bf)["loss"].to_numpy(),
+                      rate_block_naive(sn, i, check, dtype=bf, candidates=few)["loss"].to_numpy(),
+                      rate_block_naive(sn, i, check, candidates=few)["loss"].to_numpy(), few)
+        if i == 0:
+            benchmark.pedantic(rate_block, args=(sn, i, pairs), kwargs={"dtype": bf}, rounds=1, iterations=1)
+        _, dt = _timed(lambda: rate_block(sn, i, pairs, dtype=bf), dev)  # noqa: B023 (called at once)
+        wall += dt
+        total += n
+        pairs = check = None  # freed before the next block's data
     report("rating all six dna blocks, gpu, 20 batches of 256, bf16", wall_s=wall, candidates=total,
            cands_per_s=total / wall, device=torch.cuda.get_device_name())
