@@ -264,3 +264,68 @@ def test_missing_stage_library_is_reported_not_faked(tmp_path, capsys, monkeypat
         assert f"[{st}] skipped: needs the output of stage search" in out
     assert "pipeline incomplete" in out and not (run_dir / "summary.json").exists()
     assert not (run_dir / "search").exists() and not (run_dir / "retrain").exists()
+
+
+# ---------------------------------------------------------------------------------------------- damaged inputs
+def _damaged_one_line(err: str, path: Path) -> None:
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{str(path)!r} cannot be read" in err, err
+
+
+def test_damaged_checkpoint_to_evaluate_exits_2(tmp_path, capsys):
+    ck = tmp_path / "dna_a.pth"
+    ck.write_bytes(b"\x80\x04 truncated")
+    rc, out, err = _main(["--run-dir", tmp_path / "run", "--stages", "evaluate", "model=dna_a", f"checkpoint={ck}",
+                          "threads=1", "data.image_size=32"], capsys)
+    assert rc == 2, out + err
+    _damaged_one_line(err, ck)
+    assert ck.read_bytes() == b"\x80\x04 truncated"
+
+
+def test_damaged_supernet_checkpoint_stops_rate_before_writing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    ck = run_dir / "checkpoints" / "supernet_last.pt"
+    ck.parent.mkdir(parents=True)
+    torch.save({"epoch": 2}, ck)
+    ck.write_bytes(ck.read_bytes()[:40])  # truncated by a crash of the copy that brought it here
+    before = _snapshot(run_dir)
+    rc, out, err = _main(["--run-dir", run_dir, "--stages", "rate", "teacher.train=false",
+                          "teacher.allow_random_teacher=true", "threads=1"], capsys)
+    assert rc == 2, out + err
+    _damaged_one_line(err, ck)
+    assert _snapshot(run_dir) == before
+
+
+def test_damaged_rating_table_stops_search(tmp_path, capsys):
+    import numpy as np
+
+    from dna_fast.rating import rating_table
+    from dna_fast.space import SearchSpace
+
+    run_dir = tmp_path / "run"
+    sp = SearchSpace.load("dna_mini")
+    (run_dir / "ratings").mkdir(parents=True)
+    for i in range(sp.num_blocks):
+        rating_table(sp, i, np.arange(sp.num_candidates(i)) + 1.0, 1, 1.0, (32, 32)).to_parquet(
+            run_dir / "ratings" / f"block{i}.parquet")
+    bad = run_dir / "ratings" / "block1.parquet"
+    bad.write_bytes(bad.read_bytes()[:-100])
+    kept = {p.name: p.read_bytes() for p in (run_dir / "ratings").iterdir()}
+    rc, out, err = _main(["--run-dir", run_dir, "--stages", "search", "search.budget=macs=3M"], capsys)
+    assert rc == 2, out + err
+    _damaged_one_line(err, bad)
+    assert "rate stage" in err  # the fix
+    assert {p.name: p.read_bytes() for p in (run_dir / "ratings").iterdir()} == kept
+    assert not (run_dir / "search").exists()
+
+
+@pytest.mark.parametrize("exc", [OSError(28, "no space left on the device while writing 'x/last.pth'"),
+                                 FloatingPointError("retrain: loss is nan at step 3")], ids=["disk_full", "nan"])
+def test_unfinished_run_exits_1_with_one_line(tmp_path, capsys, monkeypatch, exc):
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(train, "run", boom)
+    rc, _, err = _main(["--run-dir", tmp_path / "run", "--stages", "search"], capsys)
+    assert rc == train.EXIT_FAILED == 1
+    assert err == f"error: {exc}\n"
