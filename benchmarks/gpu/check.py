@@ -48,7 +48,7 @@ PLUGIN = "benchmarks.gpu._check_plugin"
 # name -> default budget in seconds; the order is the order they run in. The total (--total-budget, 360 s) caps
 # the sum: a stage never gets more than what is left of it.
 STAGES: dict[str, float] = {
-    "env": 20, "build": 150, "info": 30, "gpu_tests": 60, "benchmarks": 120, "sanitizer": 60,
+    "env": 20, "build": 150, "info": 30, "gpu_tests": 90, "benchmarks": 110, "sanitizer": 60,
 }
 TOTAL_BUDGET = 360.0
 TEST_TIMEOUT = 45.0  # one gpu test (--test-timeout)
