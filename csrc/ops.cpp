@@ -19,10 +19,10 @@ TORCH_LIBRARY(dna_fast, m) {
   m.def("swish_rows_(Tensor(a!) x, Tensor? scale, Tensor? shift, int groups) -> Tensor");
   // swish(x @ weight + bias) for x [rows, K], weight [K, N], bias [N] -> [rows, N] (CPU).
   m.def("linear_swish(Tensor x, Tensor weight, Tensor bias) -> Tensor");
-  // sum(((x * gate) @ weight + offset + shift)^2) for x [rows, K], weight [K, N], offset [rows, N], shift [N] and an
-  // optional gate [groups, K] scaling x's columns per group of rows / groups consecutive rows, as a 0-d fp64 tensor,
-  // without storing the product (CPU).
-  m.def("linear_sq_err(Tensor x, Tensor weight, Tensor offset, Tensor shift, Tensor? gate=None) -> Tensor");
+  // For e = (x * gate) @ weight + offset + shift with x [rows, K], weight [K, N], offset [rows, N], shift [N] and an
+  // optional gate [groups, K] scaling x's columns per group of rows / groups consecutive rows: per group (one group
+  // without a gate) the sum of e^2 and the sum of |e|, two fp64 [groups] tensors, without storing the product (CPU).
+  m.def("linear_sq_err(Tensor x, Tensor weight, Tensor offset, Tensor shift, Tensor? gate=None) -> (Tensor, Tensor)");
   // Per column, sum over rows of ((x * gate) @ weight - mean)^2 as fp64 [N] (gate as in linear_sq_err), without
   // storing the product (CPU).
   m.def("linear_col_dev(Tensor x, Tensor weight, Tensor mean, Tensor? gate=None) -> Tensor");

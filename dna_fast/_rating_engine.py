@@ -335,10 +335,11 @@ class _Walker:
 
     def siblings(self, level: int, x2: Tensor, n: int, h: int, w: int, st: list[tuple] | None,
                  calib: list | None = None, target: Tensor | None = None):
-        """Yield (op index, child activation [n*ho*wo, out] or squared error, ho, wo) for every op of a layer.
+        """Yield (op index, child activation [n*ho*wo, out] or error sums, ho, wo) for every op of a layer.
 
-        With ``target`` (last layer; it holds skip - teacher) the output is reduced to its sum of squared errors (a
-        0-d tensor). With ``calib`` (a list) BNs use batch statistics and their (mean, unbiased var) are appended.
+        With ``target`` (last layer; it holds skip - teacher) the output is reduced to its sums of squared and of
+        absolute errors (an fp64 ``[2]`` tensor). With ``calib`` (a list) BNs use batch statistics and their (mean,
+        unbiased var) are appended.
         """
         layer = self.layers[level]
         dt = self.dtype
@@ -358,11 +359,11 @@ class _Walker:
                     w3, t3 = folded[6][j]
                     if target is not None and self.native:
                         gk = None if gate is None else gate[:, o:o + m].contiguous()
-                        yield k, _ops.linear_sq_err(sl, w3, target, t3, gk), ho, wo
+                        sq, ab = _ops.linear_sq_err(sl, w3, target, t3, gk)
+                        yield k, torch.stack((sq.sum(), ab.sum())), ho, wo
                         continue
                     if target is not None and not self.low:
-                        r = torch.addmm(target + t3, sl, w3)
-                        yield k, torch.dot(r.view(-1), r.view(-1)), ho, wo
+                        yield k, _err_sums(torch.addmm(target + t3, sl, w3)), ho, wo
                         continue
                     y = torch.addmm(t3.to(dt), sl, w3)
                 elif fold_gate:  # the last layer's calibration needs only its statistics, never its output
@@ -378,8 +379,7 @@ class _Walker:
                     if target is not None:
                         continue
                 if target is not None:
-                    r = y.float() + target
-                    yield k, torch.dot(r.view(-1), r.view(-1)), ho, wo
+                    yield k, _err_sums(y.float() + target), ho, wo
                     continue
                 if layer.has_skip:
                     y.add_(x2)
@@ -395,6 +395,12 @@ class _Walker:
                 calib += [m for m, _ in k3] + [v for _, v in k3]
                 if target is not None:
                     yield None, None, ho, wo
+
+
+def _err_sums(r: Tensor) -> Tensor:
+    """(sum of squares, sum of absolute values) of a residual ``r`` = student - teacher, as fp64 ``[2]``."""
+    v = r.view(-1)
+    return torch.stack((torch.dot(v, v).double(), v.abs().sum(dtype=torch.float64)))
 
 
 def _to_rows(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, int, int, int]:
@@ -421,8 +427,9 @@ def _default_chunk(n: int, layers: list[_Layer], hw: tuple[int, int], device: to
 
 def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor]], calib: list[Tensor] | None, *,
                    dtype: torch.dtype, device: torch.device, chunk_size: int | None = None, progress: bool = False,
-                   candidates: Sequence[int] | None = None) -> np.ndarray:
-    """Per-candidate sum of squared errors over ``pairs`` (``space.candidates(i)`` order, float64 numpy)."""
+                   candidates: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-candidate sums of squared errors over ``pairs`` ``[candidates]`` and of absolute errors per pair
+    ``[len(pairs), candidates]`` (``space.candidates(i)`` order, float64 numpy; NaN for candidates not wanted)."""
     space = supernet.space
     spec = space.blocks[i]
     block = supernet.blocks[i]
@@ -451,6 +458,7 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
             inputs = [stem(x).float() for x in inputs]
 
     sse = torch.zeros(n_cands, dtype=torch.float64, device=device)
+    sae = torch.zeros(len(pairs), n_cands, dtype=torch.float64, device=device)  # absolute errors per pair
     bar = None
     if progress:
         from tqdm import tqdm
@@ -500,7 +508,8 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
         def node_stats(prefix: tuple) -> list[tuple]:
             return running[len(prefix)] if stats is None else stats[prefix]
 
-        def walk(level: int, x2: Tensor, n: int, h: int, w: int, prefix: tuple, lo: int, tgt: Tensor) -> None:
+        def walk(level: int, x2: Tensor, n: int, h: int, w: int, prefix: tuple, lo: int, tgt: Tensor,
+                 pair: int) -> None:
             span = K ** (depth - level)
             if not wanted(lo, lo + span):
                 return
@@ -511,22 +520,25 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
                 vals = [None] * K
                 for k, v, _, _ in walker.siblings(level, x2, n, h, w, st, target=tg):
                     vals[k] = v
-                sse[lo:lo + K] += torch.stack(vals).double()
+                sums = torch.stack(vals).double()
+                sse[lo:lo + K] += sums[:, 0]
+                sae[pair, lo:lo + K] += sums[:, 1]
                 if bar is not None:
                     bar.update(K / total_chunks)
                 return
             for k, y, ho, wo in walker.siblings(level, x2, n, h, w, st):
-                walk(level + 1, y, n, ho, wo, prefix + (k,), lo + k * (span // K), tgt)
+                walk(level + 1, y, n, ho, wo, prefix + (k,), lo + k * (span // K), tgt, pair)
 
-        for x, (_, t) in zip(inputs, pairs):
+        for pair, (x, (_, t)) in enumerate(zip(inputs, pairs)):
             cs = chunk_size or _default_chunk(x.shape[0], layers, x.shape[-2:], device)
             for s in range(0, x.shape[0], cs):
                 x2, n, h, w = _to_rows(x[s:s + cs], dtype)
                 t2 = t[s:s + cs].permute(0, 2, 3, 1).contiguous().view(-1, t.shape[1]).float()
-                walk(0, x2, n, h, w, (), base, t2)
+                walk(0, x2, n, h, w, (), base, t2, pair)
         base += size
     if bar is not None:
         bar.close()
-    out = sse.cpu().numpy()
+    out, out_abs = sse.cpu().numpy(), sae.cpu().numpy()
     out[~want] = np.nan
-    return out
+    out_abs[:, ~want] = np.nan
+    return out, out_abs

@@ -1,9 +1,9 @@
 """Run configuration of the DNA pipeline: dataclasses, YAML loading, dotted ``key=value`` overrides.
 
 A run config is one YAML mapping whose sections mirror the dataclasses below (``data``, ``teacher``, ``distill``,
-``rate``, ``search``, ``retrain``, ``control``). Every key is checked: an unknown key or a value of the wrong type
-raises :class:`ConfigError` naming the key, what was given and what is expected, so ``python -m dna_fast.train``
-can stop with one clear message before it touches the run directory.
+``rate``, ``search``, ``retrain``, ``control``, ``rank_check``). Every key is checked: an unknown key or a value of
+the wrong type raises :class:`ConfigError` naming the key, what was given and what is expected, so
+``python -m dna_fast.train`` can stop with one clear message before it touches the run directory.
 
 Overrides use dotted keys and YAML values: ``distill.epochs=2``, ``search.budget=macs=40M``,
 ``teacher.checkpoint=null``.
@@ -24,8 +24,8 @@ import yaml
 
 __all__ = [
     "ConfigError", "DataConfig", "TeacherConfig", "DistillConfig", "RateConfig", "SearchConfig", "RetrainConfig",
-    "ControlConfig", "RunConfig", "load_config", "apply_overrides", "to_dict", "from_dict", "builtin_run_config",
-    "dump_yaml",
+    "ControlConfig", "RankCheckConfig", "RunConfig", "load_config", "apply_overrides", "to_dict", "from_dict",
+    "builtin_run_config", "dump_yaml",
 ]
 
 
@@ -45,6 +45,13 @@ class DataConfig:
         val_batch_size: per-process batch of evaluation (default: ``batch_size``).
         workers: loader threads / processes (default: from the CPU count).
         skip_corrupt: skip unreadable images instead of stopping.
+        max_train_images, max_val_images: ``fashion_mnist`` only: use the first N images of the train / val split
+            (a fixed class-balanced subset; null: all), to size a run to a small machine.
+        fallback: ``fashion_mnist`` only: the backend used instead when its files are missing (``embedded``: the
+            digits), with a message saying how to get them; null: stop with that message.
+        random_interpolation: train split: each image's random-resized crop resized bilinearly or bicubically at
+            random (timm's default ``random``, as in the authors' distillation and retraining); false: bilinear.
+            Torchvision backend only (the config refuses it for the others).
     """
 
     backend: str = "embedded"
@@ -54,6 +61,10 @@ class DataConfig:
     val_batch_size: int | None = None
     workers: int | None = None
     skip_corrupt: bool = False
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    fallback: str | None = None
+    random_interpolation: bool = False
 
 
 @dataclass
@@ -67,6 +78,9 @@ class TeacherConfig:
         allow_random_teacher: accept a teacher without trained weights (tests only).
         train: train the teacher on the data first (stage ``teacher``), writing ``checkpoints/teacher.pth``.
         epochs, lr: teacher training schedule.
+        bn: the teacher's BatchNorm: ``eval`` (frozen statistics; this project's default) or ``train`` (the
+            authors': batch statistics during distillation, and at rating the teacher's BN recalibrated on the
+            calibration batch before its features are computed).
     """
 
     model: str | None = None
@@ -76,6 +90,7 @@ class TeacherConfig:
     train: bool = False
     epochs: int = 10
     lr: float = 0.01
+    bn: str = "eval"
 
 
 @dataclass
@@ -88,6 +103,17 @@ class DistillConfig:
         max_steps_per_epoch: cut every epoch after this many steps (0: whole epochs; for tests).
         checkpoint_every_steps: also checkpoint every N steps within an epoch (0: at epoch ends).
         sampling: path sampling, ``uniform`` or ``fair``.
+        weight_decay: Adam weight decay (L2) of every block (the authors: 1e-4).
+        weight_decay_1d: also decay 1-dim parameters (BN weights and biases, conv biases); false: only weights with
+            >= 2 dims, as the authors' optimizer does.
+        lr_decay: lr factor per epoch (the authors: 0.9).
+        lr_epoch_offset: epoch ``e`` (from 0) runs at ``lr * lr_decay ** (e + lr_epoch_offset)``; the authors call
+            their step schedule with epochs 1..N, so their first epoch already runs at 0.9 x lr (offset 1).
+        amp: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16``, ``fp16`` or ``fp32`` (the authors: fp32).
+        color_jitter: brightness / contrast / saturation jitter factor of the distillation batches (the authors: 0.4;
+            0: off).
+        random_erasing: probability of erasing a random rectangle of each image with per-pixel normal noise (the
+            authors: 0.5, timm's ``pixel`` mode; 0: off).
     """
 
     epochs: int = 20
@@ -95,6 +121,13 @@ class DistillConfig:
     max_steps_per_epoch: int = 0
     checkpoint_every_steps: int = 0
     sampling: str = "uniform"
+    weight_decay: float = 1e-4
+    weight_decay_1d: bool = True
+    lr_decay: float = 0.9
+    lr_epoch_offset: int = 0
+    amp: str = "auto"
+    color_jitter: float = 0.0
+    random_erasing: float = 0.0
 
 
 @dataclass
@@ -107,12 +140,20 @@ class RateConfig:
         batch_size: images per batch (default: ``data.batch_size``); rating reads the val split (label-free: only
             the teacher's features are compared).
         bf16: rate in bfloat16 on GPU (much faster; fp32 on CPU always).
+        metric: the per-block score the search sums, one of the columns every rating table has: ``loss`` (MSE),
+            ``rel_loss`` (MSE / variance of the target) or ``rel_l1`` (the authors': per batch mean |s - t| / std(t),
+            averaged over the batches). Switching needs no re-rating.
+        calib_source: where the BN recalibration batches come from: ``val`` (the first ``calib_batches`` batches of
+            the val split, before the rated ones) or ``train`` (the authors': augmented training batches, the
+            first of the run's seed, drawn once; ``calib_batches=1`` is their one batch, its statistics alone).
     """
 
     num_batches: int = 4
     calib_batches: int = 2
     batch_size: int | None = None
     bf16: bool = True
+    metric: str = "loss"
+    calib_source: str = "val"
 
 
 @dataclass
@@ -122,10 +163,14 @@ class SearchConfig:
     Attributes:
         budget: e.g. ``macs=400M`` or ``macs=400M,params=5e6``.
         top_k: architectures kept (the best one is retrained).
+        fixed_blocks: block index -> candidate string (``{5: "d1w320:ir_k3_e6_se0.25"}``): those blocks are not
+            searched (their score is left out of the sum) and their costs count in the base cost; the authors fixed
+            the last block to MB6 3x3.
     """
 
     budget: str = "macs=400M"
     top_k: int = 5
+    fixed_blocks: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +193,10 @@ class RetrainConfig:
         inherit: start from the supernet's weights (``inherit_weights``) instead of from scratch.
         max_steps: stop after this many steps in all (0: no limit; for tests).
         checkpoint_every: save a resumable checkpoint every N epochs (the last epoch always saved).
+        color_jitter: brightness / contrast / saturation jitter of the training batches (the authors' example
+            script: 0.06; 0: off).
+        random_erasing: random-erasing probability of the training batches (timm's ``pixel`` mode; 0: off; the
+            authors' later DNA-c / DNA-d recipe used it).
     """
 
     epochs: int = 350
@@ -167,6 +216,8 @@ class RetrainConfig:
     inherit: bool = False
     max_steps: int = 0
     checkpoint_every: int = 1
+    color_jitter: float = 0.0
+    random_erasing: float = 0.0
 
 
 @dataclass
@@ -180,6 +231,58 @@ class ControlConfig:
 
     num_random: int = 0
     macs_tolerance: float = 0.05
+
+
+@dataclass
+class RankCheckConfig:
+    """The ranking check (stage ``rank_check``, :mod:`dna_fast.rank_check`): do the ratings rank like stand-alone
+    training?
+
+    Attributes:
+        enabled: run the stage as part of the pipeline (``--stages rank_check`` runs it regardless).
+        analyze_only: train nothing; rebuild ``rank_check/results.json`` from the units already finished.
+        block_candidates: M, candidates per block trained alone (spread over each cell's rating range).
+        block_steps: Adam steps of each stand-alone block (0: as many as the supernet block got in distillation).
+        block_lr: Adam learning rate of the stand-alone blocks (cosine decay to 0).
+        block_batch_size: batch of the stand-alone blocks.
+        block_train_images: train images whose teacher features the blocks learn (cached in memory).
+        block_val_images: val images of the stand-alone validation loss.
+        noise_candidates: candidates per block trained again with other seeds (seed noise).
+        noise_seeds: seeds of those candidates (the first is the run's).
+        networks: K, architectures trained alone (spread over MACs, plus the matched groups).
+        matched_groups, matched_size: groups of architectures within ``macs_tolerance`` of one MACs value.
+        network_epochs: epochs of each network (the ``retrain`` recipe otherwise).
+        network_train_images: train images of each network (0: the whole train split).
+        noise_networks: networks trained again with other seeds (seed noise at network level).
+        found_random: R, random architectures within ``macs_tolerance`` of the found one.
+        found_seeds: S, seeds of the found one and of each random one.
+        macs_tolerance: relative MACs tolerance of the matched groups and of the random controls.
+        bootstrap: bootstrap resamples of each confidence interval.
+        compare: other run dirs whose ratings of the same candidates are scored too, ``label=DIR,...`` (e.g. a
+            supernet distilled with another ``distill.sampling``); their columns appear as ``label:metric``.
+    """
+
+    enabled: bool = False
+    analyze_only: bool = False
+    block_candidates: int = 16
+    block_steps: int = 400
+    block_lr: float = 0.005
+    block_batch_size: int = 64
+    block_train_images: int = 4096
+    block_val_images: int = 1024
+    noise_candidates: int = 3
+    noise_seeds: int = 3
+    networks: int = 12
+    matched_groups: int = 2
+    matched_size: int = 3
+    network_epochs: int = 1
+    network_train_images: int = 0
+    noise_networks: int = 2
+    found_random: int = 4
+    found_seeds: int = 2
+    macs_tolerance: float = 0.05
+    bootstrap: int = 2000
+    compare: str = ""
 
 
 @dataclass
@@ -213,6 +316,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    rank_check: RankCheckConfig = field(default_factory=RankCheckConfig)
 
 
 # ---------------------------------------------------------------------------------------------- type checking
@@ -238,6 +342,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping, e.g. {{5: 'd1w320:ir_k3_e6_se0.25'}}, got "
+                              f"{value!r}")
+        out = {}
+        for k, v in value.items():
+            if kt is int and isinstance(k, str) and k.strip().lstrip("-").isdigit():
+                k = int(k)
+            out[_coerce(k, kt, f"{key} (a key)")] = _coerce(v, vt, f"{key}.{k}")
+        return out
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -294,6 +409,8 @@ def validate(cfg: RunConfig) -> None:
 
     if cfg.data.backend not in BACKENDS:
         raise ConfigError(f"config key 'data.backend': {cfg.data.backend!r} is not one of {', '.join(BACKENDS)}")
+    if cfg.data.fallback is not None and cfg.data.fallback not in BACKENDS:
+        raise ConfigError(f"config key 'data.fallback': {cfg.data.fallback!r} is not one of {', '.join(BACKENDS)}")
     positive = {
         "data.batch_size": cfg.data.batch_size, "teacher.epochs": cfg.teacher.epochs,
         "rate.num_batches": cfg.rate.num_batches, "search.top_k": cfg.search.top_k,
@@ -314,12 +431,52 @@ def validate(cfg: RunConfig) -> None:
     for key, v in non_negative.items():
         if v < 0:
             raise ConfigError(f"config key {key!r} must not be negative, got {v}")
+    rc = cfg.rank_check
+    rc_min = {"block_candidates": (rc.block_candidates, 2), "block_steps": (rc.block_steps, 0),
+              "block_batch_size": (rc.block_batch_size, 1), "block_train_images": (rc.block_train_images, 1),
+              "block_val_images": (rc.block_val_images, 1), "noise_candidates": (rc.noise_candidates, 0),
+              "noise_seeds": (rc.noise_seeds, 1), "networks": (rc.networks, 0),
+              "matched_groups": (rc.matched_groups, 0),
+              "matched_size": (rc.matched_size, 2), "network_epochs": (rc.network_epochs, 1),
+              "network_train_images": (rc.network_train_images, 0), "noise_networks": (rc.noise_networks, 0),
+              "found_random": (rc.found_random, 0), "found_seeds": (rc.found_seeds, 1), "bootstrap": (rc.bootstrap, 0)}
+    for key, (v, lo) in rc_min.items():
+        if v < lo:
+            raise ConfigError(f"config key 'rank_check.{key}' must be at least {lo}, got {v}")
+    if rc.block_lr <= 0 or rc.macs_tolerance <= 0:
+        raise ConfigError("config keys 'rank_check.block_lr' and 'rank_check.macs_tolerance' must be positive")
+    for key in ("max_train_images", "max_val_images"):
+        v = getattr(cfg.data, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"config key 'data.{key}' must be at least 1 (or null: all), got {v}")
     if not 0.0 <= cfg.retrain.ema_decay < 1.0:
         raise ConfigError(f"config key 'retrain.ema_decay' must be in [0, 1), got {cfg.retrain.ema_decay}")
     if not 0.0 < cfg.retrain.decay_rate <= 1.0 or cfg.retrain.decay_epochs <= 0:
         raise ConfigError("config keys 'retrain.decay_rate' must be in (0, 1] and 'retrain.decay_epochs' > 0")
+    choices = {"teacher.bn": (cfg.teacher.bn, ("eval", "train")),
+               "rate.metric": (cfg.rate.metric, ("loss", "rel_loss", "rel_l1")),
+               "rate.calib_source": (cfg.rate.calib_source, ("val", "train")),
+               "distill.amp": (cfg.distill.amp, ("auto", "bf16", "fp16", "fp32"))}
+    for key, (v, allowed) in choices.items():
+        if v not in allowed:
+            raise ConfigError(f"config key {key!r}: {v!r} is not one of {', '.join(allowed)}")
+    d = cfg.distill
+    if d.weight_decay < 0 or d.lr_epoch_offset < 0 or not 0.0 < d.lr_decay <= 1.0:
+        raise ConfigError("config keys 'distill.weight_decay' and 'distill.lr_epoch_offset' must not be negative and "
+                          f"'distill.lr_decay' must be in (0, 1], got {d.weight_decay}, {d.lr_epoch_offset}, "
+                          f"{d.lr_decay}")
+    for sec, aug in (("distill", d), ("retrain", cfg.retrain)):
+        if aug.color_jitter < 0 or not 0.0 <= aug.random_erasing <= 1.0:
+            raise ConfigError(f"config key '{sec}.color_jitter' must not be negative and '{sec}.random_erasing' "
+                              f"must be a probability in [0, 1], got {aug.color_jitter} and {aug.random_erasing}")
+    if (cfg.rate.calib_source == "train" or cfg.teacher.bn == "train") and cfg.rate.calib_batches < 1:
+        raise ConfigError("rate.calib_source=train and teacher.bn=train recalibrate BatchNorm on calibration batches: "
+                          "set rate.calib_batches >= 1 (the authors: 1)")
     if cfg.distill.sampling not in ("uniform", "fair"):
         raise ConfigError(f"config key 'distill.sampling': {cfg.distill.sampling!r} is not uniform or fair")
+    if cfg.data.random_interpolation and cfg.data.backend != "torchvision":
+        raise ConfigError(f"config key 'data.random_interpolation' needs data.backend=torchvision (the authors' PIL "
+                          f"pipeline; the other backends have no per-image interpolation), got {cfg.data.backend!r}")
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
         raise ConfigError(f"config key 'data.image_size' must be at least 8, got {cfg.data.image_size}")
     from .search import parse_budget

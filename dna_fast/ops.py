@@ -294,20 +294,26 @@ def expand_dwconv(x: Tensor, w1: Tensor, b1: Tensor, w_dw: Tensor, scale: Tensor
 
 
 def linear_sq_err_reference(x: Tensor, weight: Tensor, offset: Tensor, shift: Tensor,
-                            gate: Tensor | None = None) -> Tensor:
-    """Plain PyTorch in fp64: ``(((x * gate) @ weight + offset + shift) ** 2).sum()``."""
+                            gate: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Plain PyTorch in fp64: with ``e = (x * gate) @ weight + offset + shift``, per group of rows (one group without a
+    gate) ``(sum(e ** 2), sum(|e|))``, each ``[groups]``."""
     xd = x.double()
+    groups = 1 if gate is None else gate.shape[0]
     if gate is not None:
-        xd = (xd.view(gate.shape[0], -1, xd.shape[1]) * gate.double()[:, None]).view(xd.shape)
-    return (xd @ weight.double() + offset.double() + shift.double()).square().sum()
+        xd = (xd.view(groups, -1, xd.shape[1]) * gate.double()[:, None]).view(xd.shape)
+    e = (xd @ weight.double() + offset.double() + shift.double()).view(groups, -1, weight.shape[1])
+    return e.square().sum((1, 2)), e.abs().sum((1, 2))
 
 
-def linear_sq_err(x: Tensor, weight: Tensor, offset: Tensor, shift: Tensor, gate: Tensor | None = None) -> Tensor:
-    """``sum(((x * gate) @ weight + offset + shift) ** 2)`` as a 0-d fp64 tensor, the product never stored: the last
-    layer's SE gate, projection and loss in one pass (``x`` its hidden rows ``[rows, K]``, ``gate`` ``[images, K]``
-    scaling each image's consecutive rows, ``weight`` ``[K, N]`` with the BN scale folded in, ``shift`` the BN shift,
-    ``offset`` the residual minus the teacher's feature ``[rows, N]``). Native on CPU for fp32 with N % 8 == 0 (the
-    gate folded into one weight matrix per image); plain PyTorch otherwise."""
+def linear_sq_err(x: Tensor, weight: Tensor, offset: Tensor, shift: Tensor,
+                  gate: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per group of rows, the sums of squared and of absolute errors of ``e = (x * gate) @ weight + offset + shift``
+    as two fp64 ``[groups]`` tensors, the product never stored: the last layer's SE gate, projection and loss in one
+    pass (``x`` its hidden rows ``[rows, K]``, ``gate`` ``[images, K]`` scaling each image's consecutive rows (the
+    groups are the images; one group without a gate), ``weight`` ``[K, N]`` with the BN scale folded in, ``shift``
+    the BN shift, ``offset`` the residual minus the teacher's feature ``[rows, N]``, so ``e`` = student - teacher).
+    The squared sums give the MSE, the absolute ones the authors' normalised L1 (``rate.metric=rel_l1``). Native on
+    CPU for fp32 with N % 8 == 0 (the gate folded into one weight matrix per image); plain PyTorch otherwise."""
     if _native_cpu(x, weight, offset, shift):
         return torch.ops.dna_fast.linear_sq_err(x, weight, offset, shift, gate)
     return linear_sq_err_reference(x, weight, offset, shift, gate)
@@ -372,7 +378,8 @@ if HAS_NATIVE:
 
     @torch.library.register_fake("dna_fast::linear_sq_err")
     def _(x, weight, offset, shift, gate=None):
-        return x.new_empty((), dtype=torch.float64)
+        groups = 1 if gate is None else gate.shape[0]
+        return x.new_empty((groups,), dtype=torch.float64), x.new_empty((groups,), dtype=torch.float64)
 
 
 # --------------------------------------------------------------------------------------------------------------

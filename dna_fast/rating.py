@@ -382,8 +382,9 @@ def _collect(teacher: Any, loader: Iterable, blocks: Sequence[int], num_batches:
     it = iter(loader)
     src = iter(calib_loader) if calib_loader is not None else it
     images = []
-    for batch in src:
-        if len(images) >= calib_batches:
+    for _ in range(calib_batches):  # NOTE next() per batch: a for loop would read (and drop) one batch too many
+        batch = next(src, None)
+        if batch is None:
             break
         images.append(_images(batch).to(device))
     if len(images) < calib_batches:

@@ -116,6 +116,7 @@ class Context:
                 workers=d.workers, seed=self.cfg.seed, skip_corrupt=d.skip_corrupt,
                 num_classes=self.cfg.num_classes or 1000,
                 max_images={"train": d.max_train_images, "val": d.max_val_images}.get(split),
+                random_interpolation=d.random_interpolation and split == "train",
             )
         return self._loaders[key]
 

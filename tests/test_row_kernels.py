@@ -106,13 +106,32 @@ def test_expand_dwconv_matches_reference(c):
                     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("cin", [8, 16, 40, 5])
+@pytest.mark.parametrize("layout", ["channels_last", "nchw", "strided"])
+def test_expand_dwconv_other_inputs(cin, layout):
+    # input widths other than 24 (on and off the 8-wide path) and inputs that are not channels_last
+    c, k = 48, 3
+    for stride in (1, 2):
+        x = torch.randn(2, cin, 9, 11)
+        x = {"channels_last": _cl(x), "nchw": x.contiguous(),
+             "strided": torch.randn(2, cin, 9, 22)[..., ::2]}[layout]
+        w1, b1 = torch.randn(cin, c) * cin ** -0.5, torch.randn(c) * 0.2
+        wd, sc, sh = torch.randn(c, 1, k, k) * 0.3, torch.rand(c) + 0.5, torch.randn(c) * 0.2
+        for a, b in zip(ops.expand_dwconv(x, w1, b1, wd, sc, sh, stride),
+                        ops.expand_dwconv_reference(x, w1, b1, wd, sc, sh, stride)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+        for a, b in zip(ops.expand_dwconv(x, w1, b1, wd, stride=stride),
+                        ops.expand_dwconv_reference(x, w1, b1, wd, stride=stride)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
 def test_linear_sq_err_matches_reference():
     for r, k, n, groups in ((3136, 240, 80, 4), (784, 120, 40, 1), (37, 24, 16, 1), (10, 8, 5, 2), (0, 8, 16, 1)):
         x, w = torch.randn(r, k), torch.randn(k, n) * 0.2
         off, sh = torch.randn(r, n), torch.randn(n)
         gate = torch.rand(groups, k) if groups > 1 else None
         got = ops.linear_sq_err(x, w, off, sh, gate)
-        assert got.dtype == torch.float64 and got.dim() == 0
+        assert all(t.dtype == torch.float64 and t.shape == (groups,) for t in got)  # (squared, absolute) per image
         torch.testing.assert_close(got, ops.linear_sq_err_reference(x, w, off, sh, gate), rtol=1e-6, atol=1e-6)
     x = torch.randn(64, 360)[:, 120:360]  # a column slice of a wider matrix, as the engine passes it
     w, off, sh, gate = torch.randn(240, 80) * 0.1, torch.randn(64, 80), torch.randn(80), torch.rand(4, 240)

@@ -16,12 +16,18 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
 namespace dna_fast::nhwc {
 
 #define DNA_NHWC_INLINE inline __attribute__((always_inline))
+
+// Calls of the kernels below (dw_forward, expand_dw_forward, swish_rows, gemm_rows) since the library was loaded:
+// dna_fast._C.cpu_vector_calls() reads it, so a test can tell that the AVX2 path, not the ATen fallback, ran.
+inline std::atomic<int64_t> vector_calls{0};
+DNA_NHWC_INLINE void count_call() { vector_calls.fetch_add(1, std::memory_order_relaxed); }
 
 // swish(z) = z / (1 + 2^(-z log2 e)) on 8 lanes, with few multiplies (the FMA pipes bound it): 2^t = 2^n 2^f with
 // n = round(t), f = t - n in [-0.5, 0.5] exact, 2^f by a degree-5 minimax polynomial (2.3e-7 relative in fp32), 2^n
@@ -176,6 +182,7 @@ inline bool dw_forward(const float* x, int64_t N, int64_t H, int64_t W, int64_t 
                        int64_t s, int64_t Ho, int64_t Wo, float* y, const RowEpilogue& epi, const RowOutputs& out) {
   const RowFn row = dw_row_fn(k, s);
   if (row == nullptr) return false;
+  count_call();
   at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
     const float* rows[7];
     for (int64_t r = b; r < e; ++r) {
@@ -195,6 +202,7 @@ inline bool dw_forward(const float* x, int64_t N, int64_t H, int64_t W, int64_t 
 // (optional, [C], L1 resident): += the results per channel. C % 8 == 0.
 inline void swish_rows(float* __restrict__ v, int64_t n, int64_t C, const float* __restrict__ sc,
                        const float* __restrict__ sh, float* __restrict__ pool) {
+  count_call();
   for (int64_t r = 0; r < n; ++r, v += C) {
     for (int64_t c = 0; c < C; c += 8) {
       __m256 z = _mm256_loadu_ps(v + c);
@@ -256,6 +264,7 @@ constexpr int64_t kRowBlock = 64;
 template <typename MakeEpi>
 inline void gemm_rows(const float* x, int64_t ldx, const float* w, int64_t N, int64_t K, int64_t r0, int64_t r1,
                       MakeEpi&& tile_epi) {
+  count_call();
   for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
     const int64_t re = std::min(r1, rb + kRowBlock);
     int64_t c = 0;
@@ -280,32 +289,46 @@ inline void gemm_swish_rows(const float* x, int64_t ldx, const float* w, int64_t
   });
 }
 
-// Epilogue of gemm_sq_err_rows: sq += (acc + offset + shift)^2 in fp32 lanes.
-struct SqErrAcc {
+// Epilogue of gemm_err_rows: with e = acc + offset + shift, sq += e^2 and ab += |e| in fp32 lanes (the absolute
+// value clears the sign bit: one and-not next to the FMA).
+struct ErrAcc {
   const float* off;
   int64_t ldo;
   const float* shift;
   __m256* sq;
+  __m256* ab;
   DNA_NHWC_INLINE void operator()(int i, int j, __m256 acc) const {
     const __m256 e = _mm256_add_ps(_mm256_add_ps(acc, _mm256_loadu_ps(off + i * ldo + 8 * j)),
                                    _mm256_loadu_ps(shift + 8 * j));
     *sq = _mm256_fmadd_ps(e, e, *sq);
+    *ab = _mm256_add_ps(*ab, _mm256_andnot_ps(_mm256_set1_ps(-0.f), e));
   }
 };
 
-// sum over rows [r0, r1) of ||x[r, :] @ w + offset[r, :] + shift||^2 (offset row stride N): the product is never
-// stored. fp32 lanes per block of kRowBlock rows, the blocks added in double.
-inline double gemm_sq_err_rows(const float* x, int64_t ldx, const float* w, int64_t N, int64_t K,
-                               const float* off, const float* shift, int64_t r0, int64_t r1) {
-  double total = 0.0;
+// Sums of squared and of absolute errors.
+struct ErrSums {
+  double sq = 0.0;
+  double ab = 0.0;
+};
+
+// Over rows [r0, r1): the sums of ||x[r, :] @ w + offset[r, :] + shift||^2 and of |x[r, :] @ w + offset[r, :] +
+// shift|_1 (offset row stride N); the product is never stored. fp32 lanes per block of kRowBlock rows, the blocks
+// added in double.
+inline ErrSums gemm_err_rows(const float* x, int64_t ldx, const float* w, int64_t N, int64_t K, const float* off,
+                             const float* shift, int64_t r0, int64_t r1) {
+  ErrSums total;
   for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
-    __m256 sq = _mm256_setzero_ps();
+    __m256 sq = _mm256_setzero_ps(), ab = _mm256_setzero_ps();
     gemm_rows(x, ldx, w, N, K, rb, std::min(r1, rb + kRowBlock), [&](int64_t r, int64_t c) {
-      return SqErrAcc{off + r * N + c, N, shift + c, &sq};
+      return ErrAcc{off + r * N + c, N, shift + c, &sq, &ab};
     });
-    alignas(32) float lanes[8];
+    alignas(32) float lanes[8], alanes[8];
     _mm256_store_ps(lanes, sq);
-    for (float l : lanes) total += l;
+    _mm256_store_ps(alanes, ab);
+    for (int l = 0; l < 8; ++l) {
+      total.sq += lanes[l];
+      total.ab += alanes[l];
+    }
   }
   return total;
 }
@@ -343,6 +366,7 @@ inline bool expand_dw_forward(const float* x, int64_t N, int64_t H, int64_t W, i
                               int64_t Wo, float* y, const RowEpilogue& epi, const RowOutputs& out) {
   const RowFn row = dw_row_fn(k, s);
   if (row == nullptr) return false;
+  count_call();
   at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
     std::vector<float> ring(static_cast<size_t>(k * W * C));
     int64_t tag[7];

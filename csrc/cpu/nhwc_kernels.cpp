@@ -3,8 +3,9 @@
 //     the conv output without another pass over it);
 //   swish_rows_: in-place swish(x * scale + shift) over a [rows, C] matrix (+ per-group column sums: the SE squeeze);
 //   linear_swish: swish(x @ w + bias), the 1x1 expansion with its folded BN and activation in one register-blocked pass;
-//   linear_sq_err: sum of ((x * gate) @ w + offset + shift)^2, the last layer's SE gate, projection and loss in one
-//     pass, the product never stored;
+//   linear_sq_err: per group of rows (per image), the sums of e^2 and of |e| for e = (x * gate) @ w + offset + shift:
+//     the last layer's SE gate, projection and loss (squared and absolute error) in one pass, the product never
+//     stored;
 //   linear_col_dev: per column, sum of ((x * gate) @ w - mean)^2: the train-mode BN statistics of the last layer's
 //     projection during calibration (its mean follows from the SE sums and the gate), the product never stored.
 // fp32 with C % 8 == 0 runs the AVX2 kernels of nhwc_avx2.h; anything else runs the same math with ATen ops.
@@ -243,33 +244,43 @@ struct GatedLinear {
   }
 };
 
-at::Tensor linear_sq_err_cpu(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& offset_,
-                             const at::Tensor& shift_, const std::optional<at::Tensor>& gate_) {
+std::tuple<at::Tensor, at::Tensor> linear_sq_err_cpu(const at::Tensor& x_, const at::Tensor& w_,
+                                                     const at::Tensor& offset_, const at::Tensor& shift_,
+                                                     const std::optional<at::Tensor>& gate_) {
   constexpr const char* op = "linear_sq_err";
   const GatedLinear lin(x_, w_, gate_, op);
-  const int64_t R = lin.R, K = lin.K, N = lin.N, per = lin.per;
+  const int64_t R = lin.R, K = lin.K, N = lin.N, G = lin.G, per = lin.per;
   TORCH_CHECK(offset_.dim() == 2 && offset_.size(0) == R && offset_.size(1) == N, op, ": offset must have shape [",
               R, ", ", N, "], got ", offset_.sizes());
   TORCH_CHECK(shift_.dim() == 1 && shift_.size(0) == N, op, ": shift must have shape [N] = [", N, "], got ",
               shift_.sizes());
-  if (!lin.fast()) return (lin.product_double() + offset_.to(at::kDouble) + shift_.to(at::kDouble)).square().sum();
+  if (!lin.fast()) {
+    const at::Tensor e = (lin.product_double() + offset_.to(at::kDouble) + shift_.to(at::kDouble)).view({G, per, N});
+    return {e.square().sum({1, 2}), e.abs().sum({1, 2})};
+  }
   const at::Tensor x = lin.rows(), wg = lin.group_weights();
   const at::Tensor off = offset_.to(at::kFloat).contiguous(), shift = float_contiguous(shift_);
-  double total = 0.0;
+  at::Tensor sq = at::zeros({G}, x.options().dtype(at::kDouble)), ab = at::zeros({G}, sq.options());
 #ifdef DNA_FAST_NHWC_AVX2
-  const int64_t per_group = (per + nhwc::kRowBlock - 1) / nhwc::kRowBlock, blocks = lin.G * per_group;
-  std::vector<double> part(blocks, 0.0);
+  // one partial pair per block of rows (parallel over blocks), added per group at the end
+  const int64_t per_group = (per + nhwc::kRowBlock - 1) / nhwc::kRowBlock, blocks = G * per_group;
+  std::vector<nhwc::ErrSums> part(blocks);
   at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int64_t g = i / per_group, r0 = g * per + (i % per_group) * nhwc::kRowBlock;
-      part[i] = nhwc::gemm_sq_err_rows(x.const_data_ptr<float>(), x.stride(0), wg.const_data_ptr<float>() + g * K * N,
-                                       N, K, off.const_data_ptr<float>(), shift.const_data_ptr<float>(), r0,
-                                       std::min((g + 1) * per, r0 + nhwc::kRowBlock));
+      part[i] = nhwc::gemm_err_rows(x.const_data_ptr<float>(), x.stride(0), wg.const_data_ptr<float>() + g * K * N,
+                                    N, K, off.const_data_ptr<float>(), shift.const_data_ptr<float>(), r0,
+                                    std::min((g + 1) * per, r0 + nhwc::kRowBlock));
     }
   });
-  for (double p : part) total += p;
+  double* sq_p = sq.mutable_data_ptr<double>();
+  double* ab_p = ab.mutable_data_ptr<double>();
+  for (int64_t i = 0; i < blocks; ++i) {
+    sq_p[i / per_group] += part[i].sq;
+    ab_p[i / per_group] += part[i].ab;
+  }
 #endif
-  return at::scalar_tensor(total, x.options().dtype(at::kDouble));
+  return {sq, ab};
 }
 
 at::Tensor linear_col_dev_cpu(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& mean_,

@@ -4,6 +4,8 @@
   backend otherwise (:mod:`dna_fast.data.dali`).
 - ``torchvision``: the same folders and transforms through a torch ``DataLoader`` (:mod:`dna_fast.data.tv`).
 - ``embedded``: scikit-learn's digits, shipped with scikit-learn (:mod:`dna_fast.data.embedded`).
+- ``fashion_mnist``: Fashion-MNIST from its IDX files (``data.root`` or Debian's ``dataset-fashion-mnist``; splits
+  ``train`` / ``val`` / ``test``) (:mod:`dna_fast.data.fashion_mnist`).
 - ``synthetic``: random tensors made on the device, for benchmarks (:mod:`dna_fast.data.synthetic`).
 
 Every loader yields ``(images, labels)``: images NCHW in ``dtype`` on ``device``, normalized with the ImageNet
@@ -22,7 +24,7 @@ from ._base import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, BatchLoader, s
 from ._folder import DataError, ImageList, find_corrupt, read_file_list, scan_folder
 from .dali import dali_available
 
-BACKENDS = ("auto", "dali", "torchvision", "embedded", "synthetic")
+BACKENDS = ("auto", "dali", "torchvision", "embedded", "fashion_mnist", "synthetic")
 
 __all__ = [
     "BACKENDS", "BatchLoader", "DataError", "IMAGENET_MEAN", "IMAGENET_STD", "ImageList", "build_loader",
@@ -70,6 +72,8 @@ def build_loader(
     crop_pct: float = DEFAULT_CROP_PCT,
     num_samples: int = 1024,
     num_classes: int = 1000,
+    max_images: int | None = None,
+    random_interpolation: bool = False,
 ) -> BatchLoader:
     """Builds the batch loader of one split for one rank.
 
@@ -80,8 +84,9 @@ def build_loader(
             per class (ImageNet layout; class index = position in the sorted folder names of ``train/``).
         split: ``"train"`` (shuffled per epoch, augmented, whole batches only) or ``"val"`` (in order, eval
             transforms, every image once per epoch across all ranks, the last batch may be partial).
+            ``fashion_mnist`` also has ``"test"`` (read like ``val``).
         batch_size: Samples per batch on this rank.
-        image_size: Output height = width; default 32 for ``embedded``, 224 otherwise.
+        image_size: Output height = width; default 32 for ``embedded`` and ``fashion_mnist``, 224 otherwise.
         rank, world_size: This process's shard. Train: each rank reads ``len // world_size`` samples of a seeded
             global permutation (the remainder sits out that epoch). Val: contiguous blocks, no overlap, no padding.
         device: Where batches are delivered (and, for ``dali`` on CUDA, where decoding runs).
@@ -97,6 +102,9 @@ def build_loader(
         shuffle, drop_last: Override the split's defaults (train: True / True, val: False / False).
         crop_pct: Eval center-crop fraction: the shorter side is first resized to ``floor(image_size / crop_pct)``.
         num_samples, num_classes: Size of the ``synthetic`` data set and its label range.
+        max_images: ``fashion_mnist`` only: keep the first N images of the split's fixed order (None: all).
+        random_interpolation: ``torchvision`` train split only: resize each random-resized crop bilinearly or
+            bicubically at random (timm's ``random``, the DNA authors' pipeline); False: bilinear.
 
     Returns:
         A :class:`BatchLoader`: iterable of ``(images, labels)`` with ``len()``, ``set_epoch(e)``, ``epoch``,
@@ -107,9 +115,17 @@ def build_loader(
         DataError: an empty split folder, a class folder with no images, a corrupt image (naming the path).
     """
     backend = resolve_backend(backend)
+    if random_interpolation and backend != "torchvision":
+        raise ValueError(f"random_interpolation needs the torchvision backend, not {backend!r}: use "
+                         "backend='torchvision' or random_interpolation=False")
     common = dict(batch_size=batch_size, rank=rank, world_size=world_size, device=device, dtype=dtype, seed=seed)
     if backend == "embedded":
         return _embedded(split, image_size or 32, shuffle, drop_last, common)
+    if backend == "fashion_mnist":
+        from .fashion_mnist import FashionMNISTLoader
+
+        return FashionMNISTLoader(split=split, root=root, image_size=image_size or 32, max_images=max_images,
+                                  shuffle=shuffle, drop_last=drop_last, **common)
     if backend == "synthetic":
         from .synthetic import SyntheticLoader
 
@@ -136,7 +152,7 @@ def build_loader(
         return DaliLoader(images, **kwargs)
     from .tv import TorchvisionLoader
 
-    return TorchvisionLoader(images, **kwargs)
+    return TorchvisionLoader(images, random_interpolation=random_interpolation, **kwargs)
 
 
 def _embedded(split, image_size, shuffle, drop_last, common) -> BatchLoader:

@@ -60,9 +60,10 @@ class FolderDataset(Dataset):
 
     def __init__(
         self, images: ImageList, *, train: bool, image_size: int, crop_pct: float = DEFAULT_CROP_PCT,
-        skip_corrupt: bool = False,
+        skip_corrupt: bool = False, random_interpolation: bool = False,
     ) -> None:
         self.images, self.train, self.image_size = images, train, image_size
+        self.random_interpolation = random_interpolation
         self.resize_size = val_resize_size(image_size, crop_pct)
         self.skip_corrupt = skip_corrupt
 
@@ -79,7 +80,10 @@ class FolderDataset(Dataset):
         if self.train:
             rng = random.Random(sample_seed)
             box = random_resized_crop_box(im.width, im.height, rng)
-            im = im.resize((s, s), Image.BILINEAR, box=box)
+            interp = Image.BILINEAR
+            if self.random_interpolation and rng.random() < 0.5:  # timm's 'random': bilinear or bicubic
+                interp = Image.BICUBIC
+            im = im.resize((s, s), interp, box=box)
             if rng.random() < 0.5:
                 im = im.transpose(Image.FLIP_LEFT_RIGHT)
         else:
@@ -153,6 +157,7 @@ class TorchvisionLoader(BatchLoader):
         shuffle: bool | None = None,
         drop_last: bool | None = None,
         crop_pct: float = DEFAULT_CROP_PCT,
+        random_interpolation: bool = False,
     ) -> None:
         train = split == "train"
         super().__init__(
@@ -162,7 +167,8 @@ class TorchvisionLoader(BatchLoader):
         )
         self.images, self.image_size, self.classes = images, image_size, images.classes
         self.dataset = FolderDataset(
-            images, train=train, image_size=image_size, crop_pct=crop_pct, skip_corrupt=skip_corrupt
+            images, train=train, image_size=image_size, crop_pct=crop_pct, skip_corrupt=skip_corrupt,
+            random_interpolation=random_interpolation,
         )
         self._sampler = _EpochSampler()
         self.workers = int(workers)
