@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -20,3 +21,19 @@ def report(name: str, **figures) -> None:
 
 
 RESULTS: list = []
+
+
+def interleaved_min(f, g, repeats: int = 15) -> tuple[float, float]:
+    """Best-of-n wall times of f and g, alternating the two calls after one warm-up call each: both see the same
+    machine state, which keeps the ratio meaningful on a shared, loaded machine (where medians mostly measure the
+    other processes)."""
+    f(), g()
+    tf = tg = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        t1 = time.perf_counter()
+        g()
+        t2 = time.perf_counter()
+        tf, tg = min(tf, t1 - t0), min(tg, t2 - t1)
+    return tf, tg

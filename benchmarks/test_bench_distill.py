@@ -11,6 +11,12 @@
 
 Before timing, one step of each schedule from the same weights must give bit-identical supernets.
 
+Why the baseline is fair: it is the original's schedule at its cheapest. The teacher runs only up to the stage the
+block needs (not the whole network), under ``no_grad`` as in ``dna_fast.distill``; each block's step (forward,
+backward, optimizer) is the very code the all-blocks schedule runs, with the same optimizer settings, amp mode and
+memory layout, so the only difference timed is the schedule: N partial teacher passes per batch vs one. Steps are
+timed alternately (interleaved medians after a warm-up step) so both see the same machine state.
+
 CPU: the ``dna`` space (6 blocks, 6 ops, [2, 4, 4, 4, 4, 1] layers) with a B0-sized teacher (timm
 ``efficientnet_b0``, random weights) at 96 px, batch 16, fp32. ``efficientnet_b0``'s stage channels
 (16, 24, 40, 80, 112, 192, 320) differ from the dna space's B7 channels (32, 48, 80, 160, 224, 384, 640), so the
