@@ -457,3 +457,35 @@ def test_random_interpolation_picks_bicubic_for_some_crops_and_only_on_request(t
         build_loader(backend="embedded", batch_size=4, random_interpolation=True)
     with pytest.raises(ConfigError, match="data.random_interpolation"):
         load_config(None, ["data.random_interpolation=true"])
+
+
+AUTHORS = ["teacher.bn=train", "rate.metric=rel_l1", "rate.calib_source=train", "rate.calib_batches=1",
+           "search.fixed_blocks={3: 'd1w48:ir_k3_e6_se0.25'}", "distill.weight_decay_1d=false",
+           "distill.lr_epoch_offset=1", "distill.color_jitter=0.4", "distill.random_erasing=0.5", "distill.amp=fp32"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["ours", "authors"])
+def test_embedded_run_under_both_protocols(tmp_path, capsys, protocol):
+    """distill -> rate -> search of the embedded run, shrunk (a random teacher, a few steps), under each protocol."""
+    from dna_fast import train
+
+    extra = AUTHORS if protocol == "authors" else []
+    args = ["--run-dir", str(tmp_path), "--stages", "distill,rate,search", "threads=1", "teacher.train=false",
+            "teacher.allow_random_teacher=true", "data.batch_size=32", "distill.epochs=1",
+            "distill.max_steps_per_epoch=2", "rate.batch_size=45", "rate.num_batches=1", "search.top_k=2", *extra]
+    rc = train.main(args)
+    assert rc == 0, capsys.readouterr()
+    res = json.loads((tmp_path / "search" / "results.json").read_text())
+    ck = torch.load(tmp_path / "checkpoints" / "supernet_last.pt", weights_only=True)["config"]
+    table = pd.read_parquet(tmp_path / "ratings" / "block0.parquet")
+    assert np.isfinite(table[["loss", "rel_loss", "rel_l1"]].to_numpy()).all()
+    best = res["budgets"][0]["results"][0]
+    if protocol == "authors":
+        assert res["metric"] == "rel_l1" and res["fixed_blocks"] == {"3": "d1w48:ir_k3_e6_se0.25"}
+        assert best["choices"][3] == "d1w48:ir_k3_e6_se0.25"
+        assert (ck["teacher_bn"], ck["weight_decay_1d"], ck["lr_epoch_offset"], ck["color_jitter"]) == (
+            "train", False, 1, 0.4)
+    else:
+        assert res["metric"] == "loss" and res["fixed_blocks"] == {}
+        assert (ck["teacher_bn"], ck["weight_decay_1d"], ck["lr_epoch_offset"]) == ("eval", True, 0)
