@@ -453,7 +453,9 @@ def stage_rate(ctx: Context) -> dict:
                               "rate.batch_size")
     calib_loader = None
     if from_train:  # the authors': augmented training batches (the run seed's first), drawn once
-        calib_loader = _augmented(ctx.loader("train", r.batch_size or ctx.cfg.data.batch_size), distill_augment(ctx))
+        train_loader = ctx.loader("train", r.batch_size or ctx.cfg.data.batch_size)
+        train_loader.set_epoch(0)  # the same batch whether or not distillation ran in this process
+        calib_loader = _augmented(train_loader, distill_augment(ctx))
     res = rate(supernet.to(ctx.device), teacher.to(ctx.device), loader, ctx.run_dir, num_batches=r.num_batches,
                calib_batches=r.calib_batches, device=ctx.device, dtype=dtype, progress=sys.stderr.isatty(),
                calib_loader=calib_loader, recalibrate_teacher=ctx.cfg.teacher.bn == "train")
