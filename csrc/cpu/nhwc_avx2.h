@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "nhwc_avx512.h"
+
 namespace dna_fast::nhwc {
 
 #define DNA_NHWC_INLINE inline __attribute__((always_inline))
@@ -282,8 +284,12 @@ inline void gemm_rows(const float* x, int64_t ldx, const float* w, int64_t N, in
 }
 
 // y[r, :] = swish(x[r, :] @ w + bias) for rows [r0, r1) (y row stride N).
+// On AVX-512 CPUs the 16-lane version of nhwc_avx512.h runs instead (here and in the two below).
 inline void gemm_swish_rows(const float* x, int64_t ldx, const float* w, int64_t N, int64_t K, const float* bias,
                             float* y, int64_t r0, int64_t r1) {
+#ifdef DNA_FAST_AVX512_GEMM
+  if (avx512::enabled()) return avx512::gemm_swish_rows(x, ldx, w, N, K, bias, y, r0, r1);
+#endif
   gemm_rows(x, ldx, w, N, K, r0, r1, [&](int64_t r, int64_t c) {
     return SwishStore{y + r * N + c, N, bias + c};
   });
@@ -317,6 +323,12 @@ struct ErrSums {
 inline ErrSums gemm_err_rows(const float* x, int64_t ldx, const float* w, int64_t N, int64_t K, const float* off,
                              const float* shift, int64_t r0, int64_t r1) {
   ErrSums total;
+#ifdef DNA_FAST_AVX512_GEMM
+  if (avx512::enabled()) {
+    avx512::gemm_err_rows(x, ldx, w, N, K, off, shift, r0, r1, &total.sq, &total.ab);
+    return total;
+  }
+#endif
   for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
     __m256 sq = _mm256_setzero_ps(), ab = _mm256_setzero_ps();
     gemm_rows(x, ldx, w, N, K, rb, std::min(r1, rb + kRowBlock), [&](int64_t r, int64_t c) {
@@ -347,6 +359,9 @@ struct ColDevAcc {
 // the column statistics of a product that is never stored. dev: scratch of N floats.
 inline void gemm_col_dev_rows(const float* x, int64_t ldx, const float* w, int64_t N, int64_t K, const float* mean,
                               int64_t r0, int64_t r1, float* dev, double* out) {
+#ifdef DNA_FAST_AVX512_GEMM
+  if (avx512::enabled()) return avx512::gemm_col_dev_rows(x, ldx, w, N, K, mean, r0, r1, dev, out);
+#endif
   for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
     std::fill(dev, dev + N, 0.f);
     gemm_rows(x, ldx, w, N, K, rb, std::min(r1, rb + kRowBlock), [&](int64_t, int64_t c) {
