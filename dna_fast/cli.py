@@ -6,6 +6,7 @@
     dna-fast search   --run-dir DIR --budget macs=400M [--top-k 5] [key=value ...]
     dna-fast retrain  --run-dir DIR [--model dna_a] [key=value ...]
     dna-fast evaluate --run-dir DIR [--model dna_a --checkpoint PATH] [key=value ...]
+    dna-fast rank-check --run-dir DIR [--analyze-only] [key=value ...]
 
 Each subcommand is ``python -m dna_fast.train --stages <stage>``: the same config, checks and exit codes. With a
 ``--run-dir`` that already holds a ``config.yaml`` and no ``--config``, that config is used, so the later stages of
@@ -30,15 +31,18 @@ _HELP = {
     "search": "exact search under a budget (search/results.json, pareto.png)",
     "retrain": "retrain the found architecture and the random controls, or --model",
     "evaluate": "top-1 / top-5 of the retrained models, or of --model with --checkpoint",
+    "rank_check": "do the ratings rank like stand-alone training? blocks and networks trained alone, Kendall tau / "
+                  "Spearman rho with bootstrap intervals, found vs random (rank_check/results.json)",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dna-fast", description="DNA: block-wise supervised NAS, stage by stage.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{info,teacher,distill,rate,search,retrain,evaluate}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{info,teacher,distill,rate,search,retrain,evaluate,rank-check}")
     sub.add_parser("info", help="print dna_fast.backend_info() and which stages are available")
-    for st in train.STAGES:
-        s = sub.add_parser(st, help=_HELP[st])
+    for st in train.ALL_STAGES:
+        s = sub.add_parser(st.replace("_", "-"), help=_HELP[st])
         s.add_argument("--run-dir", required=True, help="the run directory")
         s.add_argument("--config", help="run config YAML (default: RUN_DIR/config.yaml if present, else embedded)")
         if st == "search":
@@ -48,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--model", help="a timm model name (dna_a..dna_d, ...) instead of the search result")
         if st == "evaluate":
             s.add_argument("--checkpoint", help="weights of --model to evaluate")
+        if st == "rank_check":
+            s.add_argument("--analyze-only", action="store_true",
+                           help="train nothing: rebuild the results from the finished units (rank_check.analyze_only)")
         s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return p
 
@@ -68,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.append(f"model={args.model}")
     if getattr(args, "checkpoint", None):
         overrides.append(f"checkpoint={args.checkpoint}")
-    argv2 = ["--run-dir", args.run_dir, "--stages", args.command]
+    if getattr(args, "analyze_only", False):
+        overrides.append("rank_check.analyze_only=true")
+    argv2 = ["--run-dir", args.run_dir, "--stages", args.command.replace("-", "_")]
     if config:
         argv2 += ["--config", config]
     return train.main(argv2 + overrides)

@@ -128,6 +128,9 @@ def write_report(run_dir: str | os.PathLike, s: dict[str, Any]) -> str:
     sec = run_dir / "search" / "report.md"
     if sec.is_file():
         lines += [sec.read_text().rstrip(), ""]
+    sec = run_dir / "rank_check" / "report.md"
+    if sec.is_file():
+        lines += [sec.read_text().rstrip(), ""]
     logs = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.glob("retrain/*/log.csv"))
     if logs:
         lines += ["## Logs", ""] + [f"- `{p}`" for p in logs] + [""]

@@ -1,0 +1,277 @@
+"""Ranking check: the rank statistics against SciPy and plain loops, the seeded bootstrap, candidate / network
+selection, stand-alone block training, the analysis of a made-up study, found vs random, and resuming unit by unit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from dna_fast import rank_check as rk
+from dna_fast.space import SearchSpace
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.load("dna_mini")
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def _data(n, seed, ties=False):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    y = 0.6 * x + rng.normal(size=n)
+    if ties:
+        x, y = np.round(x), np.round(y * 2) / 2
+    return x, y
+
+
+@pytest.mark.parametrize("n,ties", [(5, False), (17, False), (30, True), (64, True)])
+def test_tau_and_rho_match_scipy(n, ties):
+    for seed in range(5):
+        x, y = _data(n, seed, ties)
+        assert rk.kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+        assert rk.spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+        assert rk.stratified_tau(x, y) == pytest.approx(rk.kendall_tau(x, y), abs=1e-15)
+
+
+def test_constant_sample_gives_nan():
+    assert math.isnan(rk.kendall_tau([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(rk.spearman_rho([1, 2, 3], [5, 5, 5]))
+    assert rk.bootstrap_ci([1, 1, 1], [1, 2, 3], n_boot=50) == (pytest.approx(float("nan"), nan_ok=True),) * 2
+
+
+def _plain_stratified_tau(x, y, g):
+    s = nx = ny = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            if g[i] != g[j]:
+                continue
+            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+            s, nx, ny = s + dx * dy, nx + (dx != 0), ny + (dy != 0)
+    return s / math.sqrt(nx * ny)
+
+
+def test_stratified_statistics_match_plain_loops():
+    x, y = _data(40, 3, ties=True)
+    g = np.repeat(["a", "b", "c", "d"], [5, 15, 12, 8])
+    y = y + (g == "b") * 100.0  # a shift between groups: must not count, pairs across groups are left out
+    assert rk.stratified_tau(x, y, g) == pytest.approx(_plain_stratified_tau(x, y, g), abs=1e-12)
+    w = [(np.sum(g == k) - 1, stats.spearmanr(x[g == k], y[g == k]).statistic) for k in "abcd"]
+    assert rk.stratified_rho(x, y, g) == pytest.approx(sum(a * r for a, r in w) / sum(a for a, _ in w), abs=1e-12)
+    # across groups the shift dominates: the unstratified tau differs
+    assert abs(rk.kendall_tau(x, y) - rk.stratified_tau(x, y, g)) > 0.05
+
+
+def test_bootstrap_matches_plain_resampling_and_is_seeded():
+    x, y = _data(20, 7, ties=True)
+    n_boot, seed = 300, 11
+    lo, hi = rk.bootstrap_ci(x, y, "tau", n_boot=n_boot, seed=seed)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, 20, size=(n_boot, 20))
+    vals = np.array([stats.kendalltau(x[b], y[b]).statistic for b in idx])
+    vals = vals[~np.isnan(vals)]
+    assert (lo, hi) == pytest.approx((np.quantile(vals, 0.025), np.quantile(vals, 0.975)), abs=1e-12)
+    rlo, rhi = rk.bootstrap_ci(x, y, "rho", n_boot=n_boot, seed=seed)
+    rv = np.array([stats.spearmanr(x[b], y[b]).statistic for b in idx])
+    rv = rv[~np.isnan(rv)]
+    assert (rlo, rhi) == pytest.approx((np.quantile(rv, 0.025), np.quantile(rv, 0.975)), abs=1e-12)
+    assert rk.bootstrap_ci(x, y, "tau", n_boot=n_boot, seed=seed) == (lo, hi)
+    assert rk.bootstrap_ci(x, y, "tau", n_boot=n_boot, seed=seed + 1) != (lo, hi)
+    assert lo < rk.kendall_tau(x, y) < hi
+    assert rk.bootstrap_ci(np.arange(10), np.arange(10) ** 2, n_boot=100) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="tau' or 'rho"):
+        rk.bootstrap_ci(x, y, "pearson", n_boot=10)
+
+
+def test_stratified_bootstrap_resamples_within_groups():
+    x, y = _data(30, 5)
+    g = np.repeat([0, 1], 15)
+    y = y + g * 50
+    lo, hi = rk.bootstrap_ci(x, y, "tau", groups=g, n_boot=400, seed=0)
+    assert lo <= rk.stratified_tau(x, y, g) <= hi
+    s = rk.rank_stats(x, y, g, n_boot=200, seed=1)
+    assert s["n"] == 30 and s["tau"] == pytest.approx(rk.stratified_tau(x, y, g), abs=1e-6)
+    assert s["tau_ci"][0] <= s["tau"] <= s["tau_ci"][1] and s["rho_ci"][0] <= s["rho"] <= s["rho_ci"][1]
+
+
+def test_seed_noise_pooled_std():
+    r = rk.seed_noise({"a": [1.0, 2.0, 3.0], "b": [5.0, 5.0], "c": [4.0]})
+    assert set(r["units"]) == {"a", "b"}
+    assert r["pooled_std"] == pytest.approx(math.sqrt((1.0 + 0.0) / 2))
+
+
+def test_found_vs_random_verdicts():
+    clear = rk.found_vs_random([90.0, 90.2, 90.1], {"r1": [85.0, 85.3], "r2": [84.8, 85.1], "r3": [85.5, 85.2]})
+    assert clear["beats_random"] is True and clear["diff"] > 4 and "beats random" in clear["verdict"]
+    tied = rk.found_vs_random([85.0, 86.0], {"r1": [85.5, 84.9], "r2": [86.1, 85.0], "r3": [85.2, 85.8]})
+    assert tied["beats_random"] is False and "does NOT beat" in tied["verdict"]
+    few = rk.found_vs_random([85.0], {"r1": [85.5]})
+    assert few["beats_random"] is None and "not enough" in few["verdict"]
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def _table(space, i, seed=0):
+    import pandas as pd
+
+    from dna_fast.cost import candidate_costs
+
+    rng = np.random.default_rng(seed + i)
+    n = space.num_candidates(i)
+    c = candidate_costs(space, i)
+    loss = rng.uniform(0.5, 2.0, size=n)
+    return pd.DataFrame({"loss": loss, "rel_loss": loss / 3.0, "params": c["params"], "macs": c["macs"]},
+                        index=pd.Index([str(x) for x in space.candidates(i)], name="candidate"))
+
+
+def test_block_candidates_spread_over_each_cell(space):
+    t = _table(space, 0)  # cells of 4 and 16 candidates
+    chosen = rk.select_block_candidates(space, 0, t, 12)
+    assert len(chosen) == len(set(chosen)) == 12
+    cells = [space.parse(0, c).cell for c in chosen]
+    assert cells.count(0) == 4 and cells.count(1) == 8  # the small cell gives what it cannot use
+    for cell in (0, 1):
+        names = [str(c) for c in space.candidates(0) if c.cell == cell]
+        sub = t.loc[names, "loss"]
+        picked = [c for c in chosen if space.parse(0, c).cell == cell]
+        assert sub.idxmin() in picked and sub.idxmax() in picked
+    assert len(rk.select_block_candidates(space, 0, t, 500)) == space.num_candidates(0)
+
+
+def test_networks_spread_and_matched_groups(space):
+    tables = [_table(space, i) for i in range(space.num_blocks)]
+    model = rk._CostModel(space, tables, 32, 10)
+    nets = rk.select_networks(model, 10, 2, 3, 0.05, seed=0, pool=3000)
+    assert len(nets) == 10 and len({tuple(e["choices"]) for e in nets.values()}) == 10
+    from dna_fast.cost import network_cost
+
+    for e in nets.values():  # the vectorized costs equal the plain per-network cost
+        c = network_cost(space, e["choices"], 32, 10)
+        assert e["macs"] == c["macs"] and e["params"] == c["params"]
+    for g in ("g1", "g2"):
+        m = [e["macs"] for e in nets.values() if e["group"] == g]
+        assert len(m) == 3 and (max(m) - min(m)) <= 0.1 * min(m)
+    spread = sorted(e["macs"] for e in nets.values() if e["group"] is None)
+    assert len(spread) == 4 and spread[-1] > 1.5 * spread[0]
+
+
+# ---------------------------------------------------------------------------------------------- block training
+def test_train_block_candidate_learns_and_is_seeded(space):
+    torch.set_num_threads(1)
+    i = 3  # 4x4 features: fast
+    cand = str(space.candidates(i)[5])
+    torch.manual_seed(0)
+    x = torch.randn(96, space.blocks[i].in_chs, 4, 4)
+    w = torch.randn(space.blocks[i].out_chs, space.blocks[i].in_chs, 1, 1) / space.blocks[i].in_chs ** 0.5
+    t = torch.nn.functional.conv2d(x, w)  # a learnable target of unit scale
+    tr, va = (x[:64], t[:64]), (x[64:], t[64:])
+    init = rk.train_block_candidate(space, i, cand, tr, va, steps=1, lr=1e-9, batch_size=16, seed=0)
+    a = rk.train_block_candidate(space, i, cand, tr, va, steps=30, lr=0.01, batch_size=16, seed=0)
+    b = rk.train_block_candidate(space, i, cand, tr, va, steps=30, lr=0.01, batch_size=16, seed=0)
+    c = rk.train_block_candidate(space, i, cand, tr, va, steps=30, lr=0.01, batch_size=16, seed=1)
+    assert a["val_loss"] == b["val_loss"] and a["val_loss"] != c["val_loss"]
+    assert a["val_loss"] < 0.7 * init["val_loss"]
+    # val loss = per-element MSE of the trained block in eval mode, as the rating defines it
+    assert a["block"] == i and a["candidate"] == cand and a["cell"] == space.parse(i, cand).cell
+
+
+# ---------------------------------------------------------------------------------------------- analysis, resume
+def _plan(space, seed=0):
+    tables = [_table(space, i, seed) for i in range(space.num_blocks)]
+
+    class Cfg:
+        block_candidates, noise_candidates, networks, matched_groups, matched_size = 6, 2, 5, 1, 3
+        macs_tolerance, noise_networks, found_seeds = 0.05, 1, 2
+
+    found = {"choices": [str(space.candidates(i)[0]) for i in range(space.num_blocks)]}
+    from dna_fast.cost import network_cost
+
+    found.update({k: int(v) for k, v in network_cost(space, found["choices"], 32, 10).items()})
+    ctl = {}
+    for k in range(3):
+        ch = [str(space.candidates(i)[k + 1]) for i in range(space.num_blocks)]
+        ctl[f"random_{k + 1}"] = {"choices": ch, **{a: int(v) for a, v in network_cost(space, ch, 32, 10).items()}}
+    return rk.build_plan(space, tables, Cfg, seed=seed, image_size=32, num_classes=10, found=found, controls=ctl,
+                         compare={"other": [_table(space, i, 99) for i in range(space.num_blocks)]})
+
+
+def _fake_units(plan, rng):
+    """Stand-alone results made up: val loss = rating + small noise (the rating ranks well), acc = - summed loss."""
+    by = {(int(b), e["candidate"]): e for b, es in plan["blocks"].items() for e in es}
+
+    def train_block(b, c, s):
+        return {"block": b, "candidate": c, "cell": by[(b, c)]["cell"], "seed": s,
+                "val_loss": by[(b, c)]["loss"] + 0.01 * rng.normal()}
+
+    def train_net(name, entry, s):
+        return {"acc": 90.0 - entry["loss"] + 0.01 * rng.normal()}
+
+    return train_block, train_net
+
+
+def test_analysis_of_a_made_up_study_and_resume(space, tmp_path):
+    plan = _plan(space)
+    assert plan["block_metrics"] == ["loss", "rel_loss", "other:loss", "other:rel_loss", "macs", "params"]
+    rng = np.random.default_rng(0)
+    train_block, train_net = _fake_units(plan, rng)
+    calls = {"block": 0, "net": 0}
+    nets_done = {}
+
+    def tb(b, c, s):
+        calls["block"] += 1
+        return train_block(b, c, s)
+
+    def tn(name, entry, s):
+        calls["net"] += 1
+        r = train_net(name, entry, s)
+        p = tmp_path / "networks" / f"{name}_s{s}" / "metrics.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps(r))
+        nets_done[f"{name}_s{s}"] = r
+        return r
+
+    todo = rk.units(plan, noise_seeds=2)
+    n_blocks = sum(1 for k, _ in todo if k == "block")
+    n_nets = len(todo) - n_blocks
+    assert n_blocks == 4 * 6 + 4 * 2 and n_nets == (1 + 3) * 2 + 5 + 1
+    # a study stopped after the block units: partial results, honest status
+    for kind, spec in todo:
+        if kind == "block":
+            r = tb(*spec)
+            p = tmp_path / "blocks" / f"block{spec[0]}" / rk._unit_name(spec[1], spec[2])
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(r))
+    res = rk.refresh(tmp_path, plan, 2, 100, 0)
+    assert (tmp_path / "blocks.png").is_file() and (tmp_path / "results.json").is_file()
+    assert res["complete"] is False and res["status"] == {"done": n_blocks, "total": len(todo),
+                                                          "remaining": f"0 block units, {n_nets} networks"}
+    pooled = res["block_level"]["pooled"]
+    assert pooled["loss"]["tau"] > 0.9 and pooled["loss"]["tau_ci"][0] > 0.8
+    assert pooled["other:loss"]["tau"] < 0.5  # unrelated ratings
+    # the pooled statistic is the stratified one over blocks, computed from the unit files
+    blocks, _ = rk.collect_units(tmp_path)
+    first = [u for u in blocks if u["seed"] == 0]
+    rating = {(int(b), e["candidate"]): e["loss"] for b, es in plan["blocks"].items() for e in es}
+    xs = [-rating[(u["block"], u["candidate"])] for u in first]
+    ys = [-u["val_loss"] for u in first]
+    assert pooled["loss"]["tau"] == pytest.approx(rk.stratified_tau(xs, ys, [u["block"] for u in first]), abs=1e-6)
+    assert res["block_level"]["per_block"]["0"]["seed_noise"]["pooled_std"] is not None
+    assert "network_level" in res and res["network_level"]["done"] == 0
+    assert "PARTIAL" in (tmp_path / "report.md").read_text()
+    # resume: only the networks run now
+    res = rk.run_units(tmp_path, plan, 2, train_block=tb, train_net=tn, n_boot=100, seed=0, log=lambda s: None,
+                       plots=False)
+    assert calls == {"block": n_blocks, "net": n_nets} and res["complete"] is True
+    assert res["network_level"]["all"]["loss"]["tau"] > 0.9
+    assert res["found_vs_random"]["beats_random"] is not None
+    again = rk.run_units(tmp_path, plan, 2, train_block=tb, train_net=tn, n_boot=100, seed=0, log=lambda s: None,
+                         plots=False)
+    assert calls == {"block": n_blocks, "net": n_nets} and again["complete"] is True
+    text = rk.write_section(again)
+    assert "Block level" in text and "Network level" in text and "Found vs random" in text
+    assert any("block level" in ln for ln in rk.closing_lines(again))
