@@ -1,5 +1,6 @@
 # dna_fast: `make run` and `make test` set everything up on a fresh machine (idempotent; quick on a second call).
-#   make run       .venv + pinned deps + package + extension, then `python -m dna_fast.train` (embedded default)
+#   make run       .venv + pinned deps + package + extension (+ Debian's dataset-fashion-mnist where apt-get runs
+#                  as root), then `python -m dna_fast.train` (embedded default: Fashion-MNIST, else the digits)
 #   make test      the same set-up, then the Python tests (GPU tests skip without a GPU) and the C++ tests
 #                  (ASan + UBSan), which include the CUDA kernels run in the CPU emulator (docs/emulator.md)
 #   make test-cuda       only the CUDA kernels in the emulator (ASan + UBSan; also in random block / thread order)
@@ -41,7 +42,19 @@ $(STAMPS)/ext: $(STAMPS)/deps setup.py $(CSRC)
 	$(PY) setup.py -q build_ext --inplace
 	@touch $@
 
-run: setup
+# Fashion-MNIST for the embedded run: Debian's dataset-fashion-mnist where apt-get runs as root; elsewhere the run
+# says how to get it and uses the digits. Tried once (the stamp), a failure is only a note.
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+$(STAMPS)/data: | $(PY)
+	@if [ ! -d $(FMNIST_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+		echo "installing dataset-fashion-mnist (Fashion-MNIST for the embedded run)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist > /dev/null 2>&1 \
+		|| { apt-get update -q > /dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist > /dev/null 2>&1; } \
+		|| echo "note: could not install dataset-fashion-mnist; make run uses the digits"; \
+	fi
+	@mkdir -p $(STAMPS) && touch $@
+
+run: setup $(STAMPS)/data
 	$(PY) -m dna_fast.train
 
 test: test-py test-cpp

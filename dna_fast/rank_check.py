@@ -758,7 +758,7 @@ def build_plan(space: Any, tables: Sequence[Any], cfg: Any, *, seed: int, image_
     plan["noise_networks"] = list(nets)[: rc.noise_networks]
     plan["noise_seeds_net"] = [seed + s for s in range(2)]
     plan["controls"] = {}
-    if found is not None:
+    if found is not None and rc.found_random:
         ctl = dict(controls or {})
         for e in [found, *ctl.values()]:
             idx = np.array([[space.candidate_index(i, space.parse(i, c)) for i, c in enumerate(e["choices"])]])

@@ -134,7 +134,7 @@ def _data_fallback(cfg: RunConfig, run_dir_given: bool, log: Callable[[str], Non
     """``data.backend=fashion_mnist`` without its files and with ``data.fallback`` set: use the fallback backend.
 
     The message says how to get Fashion-MNIST. Unless the run dir was given, the fallback run goes to
-    ``<run_dir>-<fallback>`` so that it never resumes (or is resumed by) a Fashion-MNIST run.
+    ``<run_dir>-digits`` (``-<fallback>``) so that it never resumes (or is resumed by) a Fashion-MNIST run.
     """
     d = cfg.data
     if d.backend != "fashion_mnist" or not d.fallback or d.fallback == "fashion_mnist":
@@ -148,7 +148,7 @@ def _data_fallback(cfg: RunConfig, run_dir_given: bool, log: Callable[[str], Non
         why = str(e)
     d.backend, d.root = d.fallback, None
     if not run_dir_given:
-        cfg.run_dir = f"{cfg.run_dir}-{d.fallback}"
+        cfg.run_dir = f"{cfg.run_dir}-{'digits' if d.fallback == 'embedded' else d.fallback}"
     log(f"{why}\n-> this run uses data.backend={d.fallback} instead (run dir {cfg.run_dir})")
 
 
@@ -906,8 +906,9 @@ def build_parser() -> argparse.ArgumentParser:
             "stages: teacher (train the small teacher / score the given one), distill (supernet, block-wise), rate "
             "(every candidate of every block -> ratings/block{i}.parquet), search (exact, under search.budget -> "
             "search/results.json), retrain (found architecture + control.num_random random ones, or model=NAME), "
-            "evaluate (top-1/top-5 raw and EMA; summary.json, report.md). Each stage resumes from what --run-dir "
-            "holds.\n\nexamples:\n"
+            "evaluate (top-1/top-5 raw and EMA; summary.json, report.md), rank_check (only when asked for or "
+            "rank_check.enabled: blocks and networks trained alone vs the ratings -> rank_check/results.json). Each "
+            "stage resumes from what --run-dir holds.\n\nexamples:\n"
             "  python -m dna_fast.train\n"
             "  python -m dna_fast.train --config configs/runs/imagenet_dna.yaml data.root=/data/imagenet\n"
             "  python -m dna_fast.train --run-dir runs/x --stages search search.budget=macs=20M\n"
@@ -922,7 +923,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="run config YAML (default: the packaged configs/runs/embedded.yaml)")
     p.add_argument("--run-dir", help="run directory (default: the config's run_dir)")
-    p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all, in order)")
+    p.add_argument("--stages", help=f"comma-separated subset of {','.join(ALL_STAGES)} (default: {','.join(STAGES)}"
+                   ", and rank_check when rank_check.enabled; always run in this order)")
     p.add_argument("--info", action="store_true", help="print dna_fast.backend_info() and the stage status, then exit")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted config overrides, e.g. distill.epochs=2 search.budget=macs=40M device=cpu")

@@ -36,7 +36,8 @@ def test_defaults_round_trip_through_yaml():
 def test_packaged_embedded_config_loads_and_matches_repo_copy(repo_root):
     p = builtin_run_config("embedded")
     cfg = load_config(p)
-    assert cfg.space == "dna_mini" and cfg.data.backend == "embedded" and cfg.teacher.train
+    assert cfg.space == "dna_mini" and cfg.data.backend == "fashion_mnist" and cfg.data.fallback == "embedded"
+    assert cfg.teacher.train
     assert cfg.control.num_random == 3 and cfg.search.budget.startswith("macs=")
     assert (repo_root / "configs/runs/embedded.yaml").read_text() == p.read_text()
 

@@ -154,7 +154,7 @@ def test_embedded_run_falls_back_to_digits_with_a_message(tmp_path):
     cfg = load_config(None, ["data.backend=fashion_mnist", "data.fallback=embedded", f"data.root={tmp_path}/none"])
     msgs: list[str] = []
     _data_fallback(cfg, run_dir_given=False, log=msgs.append)
-    assert cfg.data.backend == "embedded" and cfg.data.root is None and cfg.run_dir.endswith("-embedded")
+    assert cfg.data.backend == "embedded" and cfg.data.root is None and cfg.run_dir.endswith("-digits")
     assert "apt-get install dataset-fashion-mnist" in msgs[0] and "data.backend=embedded" in msgs[0]
     _write_set(tmp_path / "d")
     cfg = load_config(None, ["data.backend=fashion_mnist", "data.fallback=embedded", f"data.root={tmp_path}/d"])

@@ -23,7 +23,7 @@ TINY = [
     "teacher.epochs=1", "distill.epochs=2", "distill.max_steps_per_epoch=3",
     "rate.num_batches=1", "rate.calib_batches=1",
     "search.budget=macs=3M", "search.top_k=2",
-    "retrain.epochs=2", "retrain.max_steps=4", "control.num_random=1",
+    "retrain.epochs=2", "retrain.max_steps=4", "control.num_random=1", "rank_check.enabled=false",
 ]
 
 
@@ -164,6 +164,37 @@ def test_end_to_end_tiny(full_run):
         assert line in out
     assert f"{s['found']['acc']:.2f} %" in out
     assert (run_dir / "config.yaml").is_file()
+
+
+@needs_pipeline
+def test_retrain_inherit_starts_from_the_supernet(full_run, tmp_path, capsys):
+    """retrain.inherit=true: the found architecture starts from the distilled supernet's weights of its path (lr 0
+    keeps them, so the checkpoint shows exactly what training started from)."""
+    import shutil
+
+    from dna_fast import models
+    from dna_fast.distill import load_supernet
+
+    run_dir, _ = full_run
+    d = tmp_path / "inherit"
+    for rel in ("config.yaml", "checkpoints/supernet_last.pt", "search/results.json"):
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run_dir / rel, d / rel)
+    rc, out, err = _main(["--run-dir", d, "--stages", "retrain", *TINY, "retrain.inherit=true", "retrain.lr_per_256=0",
+                          "retrain.epochs=1", "retrain.max_steps=1", "retrain.ema_decay=0", "control.num_random=0"],
+                         capsys)
+    assert rc == 0, out + err
+    found = json.loads((d / "retrain" / "plan.json").read_text())["found"]
+    child = models.build("dna_mini", found["choices"], num_classes=10)
+    scratch = {k: v.clone() for k, v in child.state_dict().items()}
+    rep = models.inherit_weights(child, load_supernet(d, "dna_mini"), found["choices"])
+    assert f"inherited {len(rep.copied)} tensors" in out
+    got = torch.load(d / "retrain" / "found" / "last.pth", weights_only=True)["model"]
+    params = [k for k in rep.copied if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(params) > 20
+    for k in params:
+        assert torch.equal(got[k], child.state_dict()[k]), k
+    assert any(not torch.equal(got[k], scratch[k]) for k in params)  # not what a fresh model starts from
 
 
 @pytest.mark.slow
