@@ -51,3 +51,61 @@ class Checker {
 };
 
 }  // namespace cudasim_test
+
+// ---- kernel tests: dtypes, tolerances, deterministic inputs ----
+#if CUDASIM_HAVE_CUDA_TYPES
+#define CUDASIM_TEST_HALF_TYPES 1
+#else
+#define CUDASIM_TEST_HALF_TYPES 0
+#endif
+
+namespace cudasim_test {
+
+template <typename T>
+struct DType;
+template <>
+struct DType<float> {
+  static constexpr const char* name = "fp32";
+  static constexpr double rel = 0;  // fp32 results: only the fp32 accumulation error (the tests' abs / rel term)
+};
+template <>
+struct DType<double> {
+  static constexpr const char* name = "fp64";  // the kernels compute in fp32 even then
+  static constexpr double rel = 1.0 / (1 << 23);
+};
+#if CUDASIM_TEST_HALF_TYPES
+template <>
+struct DType<__half> {
+  static constexpr const char* name = "fp16";
+  static constexpr double rel = 1.0 / 2048;  // half an ulp: the one rounding of the fp32 result to fp16
+};
+template <>
+struct DType<__nv_bfloat16> {
+  static constexpr const char* name = "bf16";
+  static constexpr double rel = 1.0 / 256;  // half an ulp of bf16
+};
+#endif
+
+template <typename T>
+T to(double v) {
+  return static_cast<T>(static_cast<float>(v));
+}
+template <typename T>
+double from(T v) {
+  return static_cast<double>(static_cast<float>(v));
+}
+
+// A result of dtype T against a double reference: the rounding to T plus `tol` (fp32 accumulation) relative and
+// absolute.
+template <typename T>
+bool close_to(double got, double ref, double tol = 1e-5) {
+  return std::fabs(got - ref) <= (DType<T>::rel * 1.01 + tol) * std::fabs(ref) + tol;
+}
+
+// Deterministic input values that are exact in fp16 and bf16 (multiples of 1/32 in [-1, 1)), so every dtype sees the
+// same numbers and only the output rounding differs.
+inline double input_value(long i, long salt = 0) {
+  return static_cast<double>(((i * 37 + salt * 101 + 11) % 64) - 32) / 32.0;
+}
+
+}  // namespace cudasim_test

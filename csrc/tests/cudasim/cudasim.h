@@ -102,6 +102,8 @@ struct dim3 {
 };
 #endif
 
+typedef struct CUstream_st* cudaStream_t;  // as CUDA's driver_types.h declares it; the emulator ignores streams
+
 #ifndef __forceinline__
 #define __forceinline__ inline __attribute__((always_inline))
 #endif
