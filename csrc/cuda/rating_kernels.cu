@@ -5,17 +5,16 @@
 //     conv's per-row statistics), all sibling ops of one kernel size in one launch (their channels concatenated);
 //   swish_rows_: in-place swish with per-group column sums.
 // Inputs fp32 / fp16 / bf16 (fp64 runs in fp32), fp32 accumulation; the kernels write per-block partials that are
-// added here with ATen (no atomics: the result does not depend on the order in which blocks run).
-#include <ATen/ATen.h>
+// added here with ATen (no atomics: the result does not depend on the order in which blocks run). Compiled a second
+// time against the CPU emulator (aten_launch.h) for CPU tensors as dna_fast_emu::<op>: the engine's CUDA path runs
+// end to end without a GPU (rate_block(..., kernels="cuda-emulated")).
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <optional>
 #include <tuple>
 #include <type_traits>
 
+#include "aten_launch.h"
 #include "dna_fast/checks.h"
 #include "rating_kernels.cuh"
 
@@ -69,23 +68,25 @@ at::Tensor gated_gemm(const at::Tensor& x_, const at::Tensor& w_, const std::opt
   const at::Tensor gate = gate_.has_value() ? float_contiguous(*gate_) : at::Tensor();
   const rk::GemmShape s = rk::gemm_shape(x.size(0), x.size(1), w.size(1), x.stride(0), G);
   const rk::GemmLaunch l = rk::gemm_launch(s);
-  const int64_t slots = E == rk::GemmEpilogue::kSqErr ? static_cast<int64_t>(l.grid.x) : s.N;
+  const int64_t slots = E == rk::GemmEpilogue::kSqErr ? 2 * static_cast<int64_t>(l.grid.x) : s.N;
   at::Tensor partial = at::empty({l.row_tiles, slots}, x.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rating_gated_gemm", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      rk::gated_gemm_kernel<scalar_t, E><<<l.grid, l.block, 0, at::cuda::getCurrentCUDAStream()>>>(
-          x.const_data_ptr<scalar_t>(), w.const_data_ptr<float>(),
-          gate.defined() ? gate.const_data_ptr<float>() : nullptr,
-          offset.defined() ? offset.const_data_ptr<float>() : nullptr, vec.const_data_ptr<float>(), s, l.row_tiles,
-          partial.mutable_data_ptr<float>());
+      rk::gated_gemm_launch<scalar_t, E>(l, x.const_data_ptr<scalar_t>(), w.const_data_ptr<float>(),
+                                         gate.defined() ? gate.const_data_ptr<float>() : nullptr,
+                                         offset.defined() ? offset.const_data_ptr<float>() : nullptr,
+                                         vec.const_data_ptr<float>(), s, partial.mutable_data_ptr<float>(),
+                                         DNA_CUDA_STREAM);
     }
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  DNA_KERNEL_LAUNCH_CHECK();
   return partial;
 }
 
-at::Tensor linear_sq_err_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& offset_,
-                              const at::Tensor& shift_, const std::optional<at::Tensor>& gate) {
+// Per gate group (one without a gate): (sum of e^2, sum of |e|) for e = (x * gate) @ w + offset + shift, fp64 [groups].
+std::tuple<at::Tensor, at::Tensor> linear_sq_err_cuda(const at::Tensor& x, const at::Tensor& w,
+                                                      const at::Tensor& offset_, const at::Tensor& shift_,
+                                                      const std::optional<at::Tensor>& gate) {
   constexpr const char* op = "linear_sq_err";
   const GatedArgs a(x, w, gate, op);
   TORCH_CHECK(offset_.dim() == 2 && offset_.size(0) == a.R && offset_.size(1) == a.N, op,
@@ -94,12 +95,18 @@ at::Tensor linear_sq_err_cuda(const at::Tensor& x, const at::Tensor& w, const at
               shift_.sizes());
   TORCH_CHECK(offset_.device() == x.device() && shift_.device() == x.device(), op,
               ": offset and shift must be on ", x.device());
-  const c10::cuda::CUDAGuard guard(x.device());
-  if (a.R == 0 || a.K == 0 || a.N == 0)
-    return (product_double(x, w, gate, a.G) + offset_.to(at::kDouble) + shift_.to(at::kDouble)).square().sum();
+  DNA_CUDA_GUARD(x.device());
+  const int64_t G = a.G > 0 ? a.G : 1;
+  if (a.R == 0 || a.K == 0 || a.N == 0) {
+    const at::Tensor e = (product_double(x, w, gate, a.G) + offset_.to(at::kDouble) + shift_.to(at::kDouble))
+                             .view({G, a.R / G, a.N});
+    return {e.square().sum({1, 2}), e.abs().sum({1, 2})};
+  }
   const at::Tensor partial = gated_gemm<rk::GemmEpilogue::kSqErr>(x, w, gate, float_contiguous(offset_),
                                                                   float_contiguous(shift_), a.G);
-  return partial.to(at::kDouble).sum();
+  // [row tiles, column tiles, 2], the row tiles of a group consecutive
+  const at::Tensor per_group = partial.to(at::kDouble).view({G, -1, 2}).sum(1);
+  return {per_group.select(1, 0).contiguous(), per_group.select(1, 1).contiguous()};
 }
 
 at::Tensor linear_col_dev_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& mean_,
@@ -109,7 +116,7 @@ at::Tensor linear_col_dev_cuda(const at::Tensor& x, const at::Tensor& w, const a
   TORCH_CHECK(mean_.dim() == 1 && mean_.size(0) == a.N, op, ": mean must have shape [N] = [", a.N, "], got ",
               mean_.sizes());
   TORCH_CHECK(mean_.device() == x.device(), op, ": mean is on ", mean_.device(), " but x is on ", x.device());
-  const c10::cuda::CUDAGuard guard(x.device());
+  DNA_CUDA_GUARD(x.device());
   if (a.R == 0 || a.K == 0 || a.N == 0)
     return (product_double(x, w, gate, a.G) - mean_.to(at::kDouble)).square().sum(0);
   const at::Tensor partial =
@@ -124,12 +131,12 @@ void launch_expand_dw(const at::Tensor& x, const at::Tensor& w1, const at::Tenso
                       const at::Tensor& scale, const at::Tensor& shift, const rk::DwShape& s, at::Tensor& y,
                       at::Tensor& row_sum, at::Tensor& row_m2) {
   const rk::DwLaunch l = rk::dw_launch(s);
-  rk::expand_dw_kernel<scalar_t, K, S, kAct><<<l.grid, l.block, 0, at::cuda::getCurrentCUDAStream()>>>(
-      x.const_data_ptr<scalar_t>(), w1.const_data_ptr<float>(), b1.const_data_ptr<float>(),
+  rk::expand_dw_launch<scalar_t, K, S, kAct>(
+      l, x.const_data_ptr<scalar_t>(), w1.const_data_ptr<float>(), b1.const_data_ptr<float>(),
       wdw.const_data_ptr<float>(), kAct ? scale.const_data_ptr<float>() : nullptr,
-      kAct ? shift.const_data_ptr<float>() : nullptr, s, l.tiles, y.mutable_data_ptr<scalar_t>(),
-      row_sum.mutable_data_ptr<float>(), kAct ? nullptr : row_m2.mutable_data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      kAct ? shift.const_data_ptr<float>() : nullptr, s, y.mutable_data_ptr<scalar_t>(),
+      row_sum.mutable_data_ptr<float>(), kAct ? nullptr : row_m2.mutable_data_ptr<float>(), DNA_CUDA_STREAM);
+  DNA_KERNEL_LAUNCH_CHECK();
 }
 
 template <int K, int S>
@@ -189,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expand_dwconv_impl(const at::Tens
     TORCH_CHECK(scale_->device() == x_.device() && shift_->device() == x_.device(), op,
                 ": scale and shift must be on ", x_.device());
   }
-  const c10::cuda::CUDAGuard guard(x_.device());
+  DNA_CUDA_GUARD(x_.device());
   const int64_t k = wdw_.size(2);
   const at::Tensor x = kernel_dtype(x_).contiguous(at::MemoryFormat::ChannelsLast);
   const rk::DwShape s = dw_shape_rt(k, stride, x, C);
@@ -258,7 +265,7 @@ at::Tensor swish_rows_cuda(at::Tensor& x, const std::optional<at::Tensor>& scale
   const at::Tensor scale = vec(scale_, "scale"), shift = vec(shift_, "shift");
   TORCH_CHECK(groups >= 0 && (groups == 0 ? true : R % groups == 0), op, ": groups = ", groups,
               " must be 0 (no sums) or divide the ", R, " rows");
-  const c10::cuda::CUDAGuard guard(x.device());
+  DNA_CUDA_GUARD(x.device());
   const auto f32 = x.options().dtype(at::kFloat);
   if (R == 0 || C == 0) return at::zeros({groups, C}, f32);
   const rk::RowsShape s = rk::rows_shape(R, C, groups);
@@ -266,20 +273,20 @@ at::Tensor swish_rows_cuda(at::Tensor& x, const std::optional<at::Tensor>& scale
   at::Tensor part = groups > 0 ? at::empty({l.row_tiles, C}, f32) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t, "rating_swish_rows", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      rk::swish_rows_kernel<scalar_t><<<l.grid, l.block, 0, at::cuda::getCurrentCUDAStream()>>>(
-          x.mutable_data_ptr<scalar_t>(), scale.defined() ? scale.const_data_ptr<float>() : nullptr,
-          shift.defined() ? shift.const_data_ptr<float>() : nullptr, s, l.row_tiles,
-          groups > 0 ? part.mutable_data_ptr<float>() : nullptr);
+      rk::swish_rows_launch<scalar_t>(l, x.mutable_data_ptr<scalar_t>(),
+                                      scale.defined() ? scale.const_data_ptr<float>() : nullptr,
+                                      shift.defined() ? shift.const_data_ptr<float>() : nullptr, s,
+                                      groups > 0 ? part.mutable_data_ptr<float>() : nullptr, DNA_CUDA_STREAM);
     }
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  DNA_KERNEL_LAUNCH_CHECK();
   if (groups == 0) return at::zeros({0, C}, f32);
   return part.view({groups, s.tiles, C}).sum(1);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dna_fast, CUDA, m) {
+DNA_CUDA_LIBRARY_IMPL(m) {
   m.impl("linear_sq_err", &linear_sq_err_cuda);
   m.impl("linear_col_dev", &linear_col_dev_cuda);
   m.impl("expand_dwconv_bn_act", &expand_dwconv_bn_act_cuda);

@@ -3,8 +3,9 @@
 //
 //   gated_gemm_kernel: (x * gate) @ w over [rows, K] x [K, N] tiles with fp32 accumulation and one of two epilogues,
 //     the product never stored:
-//       kSqErr:  sum over the tile of (acc + offset + shift)^2 (the last layer's projection + BN + residual - target,
-//                reduced to its squared error): one partial per block, each block inside one image;
+//       kSqErr:  the sums over the tile of e^2 and |e| for e = acc + offset + shift (the last layer's projection + BN +
+//                residual - target, reduced to its squared and absolute error): one partial pair per block, each
+//                block inside one image (gate group), so the launcher adds them per image;
 //       kColDev: per column, sum over the tile's rows of (acc - mean)^2 (the projection's BN variance under
 //                calibration): one partial row of the tile's columns per block.
 //   expand_dw_kernel: the 1x1 expansion swish(x @ w1 + b1) of a tile's input window (zero padding outside the
@@ -21,17 +22,9 @@
 
 #include <cstdint>
 
+#include "cuda_launch.h"
 #include "dna_fast/dwconv.h"
 #include "dna_fast/math.h"
-
-// Static shared memory that the CUDA emulator poisons per block also inside function templates (csrc/tests/cudasim).
-#ifndef DNA_SHARED
-#ifdef DNA_CUDASIM
-#define DNA_SHARED(T, name, dims) CUDASIM_SHARED(T, name, dims)
-#else
-#define DNA_SHARED(T, name, dims) __shared__ T name dims
-#endif
-#endif
 
 namespace dna_fast {
 namespace rating {
@@ -71,8 +64,8 @@ inline GemmShape gemm_shape(int64_t R, int64_t K, int64_t N, int64_t ldx, int64_
   return {R, K, N, ldx, per, ceil_div(per, kGemmBM), g};
 }
 
-// Launch configuration shared by the launcher and the emulator tests; the partial buffer holds one slot per row
-// tile (kSqErr: [row tiles, column tiles]; kColDev: [row tiles, N]).
+// Launch configuration shared by the launcher and the emulator tests; the partial buffer holds, per row tile,
+// kSqErr: [column tiles, 2] (sum of e^2, sum of |e|); kColDev: [N].
 struct GemmLaunch {
   dim3 grid;
   dim3 block;
@@ -93,7 +86,7 @@ __global__ void __launch_bounds__(kGemmThreads)
   // x tile transposed, gate applied (+1: the transposing stores of 16 consecutive k would otherwise hit one bank)
   DNA_SHARED(float, xs, [kGemmBK][kGemmBM + 1]);
   DNA_SHARED(float, ws, [kGemmBK][kGemmBN]);
-  DNA_SHARED(float, red, [16 * kGemmBN]);  // kSqErr: one value per thread; kColDev: [16 thread rows][64 columns]
+  DNA_SHARED(float, red, [16 * kGemmBN]);  // kSqErr: two values per thread; kColDev: [16 thread rows][64 columns]
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGemmBN;
   for (int64_t bt = blockIdx.y; bt < row_tiles; bt += gridDim.y) {
@@ -138,8 +131,8 @@ __global__ void __launch_bounds__(kGemmThreads)
       __syncthreads();
     }
     if constexpr (E == GemmEpilogue::kSqErr) {
-      // vec = shift [N]; offset [R, N]
-      float sq = 0.f;
+      // vec = shift [N]; offset [R, N]: the sums of e^2 and |e| for e = acc + offset + shift
+      float sq = 0.f, ab = 0.f;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int64_t r = r0 + ty + 16 * i;
@@ -149,16 +142,24 @@ __global__ void __launch_bounds__(kGemmThreads)
           if (r < r_end && n < s.N) {
             const float v = acc[i][j] + offset[r * s.N + n] + vec[n];
             sq += v * v;
+            ab += v < 0.f ? -v : v;
           }
         }
       }
       red[tid] = sq;
+      red[kGemmThreads + tid] = ab;
       __syncthreads();
       for (int half = kGemmThreads / 2; half > 0; half /= 2) {
-        if (tid < half) red[tid] += red[tid + half];
+        if (tid < half) {
+          red[tid] += red[tid + half];
+          red[kGemmThreads + tid] += red[kGemmThreads + tid + half];
+        }
         __syncthreads();
       }
-      if (tid == 0) partial[bt * gridDim.x + blockIdx.x] = red[0];
+      if (tid == 0) {
+        partial[2 * (bt * gridDim.x + blockIdx.x)] = red[0];
+        partial[2 * (bt * gridDim.x + blockIdx.x) + 1] = red[kGemmThreads];
+      }
       __syncthreads();  // red is rewritten by the next row tile
     } else {
       // vec = mean [N]; per column of the tile, sum over its rows of (acc - mean)^2
@@ -191,6 +192,13 @@ __global__ void __launch_bounds__(kGemmThreads)
       __syncthreads();
     }
   }
+}
+
+template <typename scalar_t, GemmEpilogue E>
+void gated_gemm_launch(const GemmLaunch& l, const scalar_t* x, const float* w, const float* gate, const float* offset,
+                       const float* vec, const GemmShape& s, float* partial, cudaStream_t stream) {
+  DNA_LAUNCH(l.grid, l.block, 0, stream, gated_gemm_kernel<scalar_t, E>)(x, w, gate, offset, vec, s, l.row_tiles,
+                                                                        partial);
 }
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -352,6 +360,14 @@ __global__ void __launch_bounds__(kDwThreads)
   }
 }
 
+template <typename scalar_t, int K, int S, bool kAct>
+void expand_dw_launch(const DwLaunch& l, const scalar_t* x, const float* w1, const float* b1, const float* wdw,
+                      const float* scale, const float* shift, const DwShape& s, scalar_t* y, float* row_sum,
+                      float* row_m2, cudaStream_t stream) {
+  DNA_LAUNCH(l.grid, l.block, 0, stream, expand_dw_kernel<scalar_t, K, S, kAct>)(x, w1, b1, wdw, scale, shift, s,
+                                                                                l.tiles, y, row_sum, row_m2);
+}
+
 // ------------------------------------------------------------------------------------------------------------------
 // in-place swish over rows with per-(row tile, column) sums
 // ------------------------------------------------------------------------------------------------------------------
@@ -411,6 +427,12 @@ __global__ void __launch_bounds__(kRowsThreads)
     }
     __syncthreads();
   }
+}
+
+template <typename scalar_t>
+void swish_rows_launch(const RowsLaunch& l, scalar_t* x, const float* scale, const float* shift, const RowsShape& s,
+                       float* part, cudaStream_t stream) {
+  DNA_LAUNCH(l.grid, l.block, 0, stream, swish_rows_kernel<scalar_t>)(x, scale, shift, s, l.row_tiles, part);
 }
 
 }  // namespace rating
