@@ -18,6 +18,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import report
 
 from dna_fast.data import build_loader, dali_available
 
@@ -62,11 +63,11 @@ def _bench(benchmark, folder, backend, split, device):
     rate = n / benchmark.stats.stats.min
     _RATES[(backend, split, device)] = rate
     other = _RATES.get(("torchvision" if backend == "dali" else "dali", split, device))
-    msg = f"\n{backend:11s} {split:5s} {device:4s}: {rate:8.1f} images/s ({WORKERS} workers, {os.cpu_count()} CPUs)"
+    report(f"data {backend} {split} {device}", images_per_s=rate, workers=WORKERS, cpus=os.cpu_count())
     if other is not None:
         dali, tv = (rate, other) if backend == "dali" else (other, rate)
-        msg += f"   dali / torchvision = {dali / tv:.2f}x"
-    print(msg)
+        report(f"data dali vs torchvision {split} {device}", dali_img_s=dali, torchvision_img_s=tv, ratio=dali / tv,
+               workers=WORKERS)
 
 
 @pytest.fixture(scope="module")
