@@ -181,3 +181,35 @@ def test_user_errors():
         ops.linear_sq_err(torch.randn(4, 5), torch.randn(5, 8), torch.randn(4, 8), torch.randn(8), torch.rand(3, 5))
     with pytest.raises(RuntimeError, match=r"w1 must have shape \[Cin, C\]"):
         ops.expand_dwconv(torch.randn(1, 4, 5, 5), torch.randn(3, 8), torch.randn(8), torch.randn(8, 1, 3, 3))
+
+
+@pytest.mark.parametrize("isa", ["avx2", "best"])
+def test_gemm_kernels_each_isa(isa, monkeypatch):
+    """The GEMM passes (linear_swish, expand_dwconv, linear_sq_err, linear_col_dev) on the AVX2 kernels
+    (DNA_FAST_CPU_ISA=avx2) and on the best this CPU has (AVX-512 where present: nhwc_avx512.h), every column panel
+    (48 / 16 / masked 8) and row tile (8 / 4 / 1) against the references; the AVX-512 kernels must run exactly
+    when the CPU has AVX-512 and they are not turned off."""
+    import dna_fast._C as C
+
+    if isa == "avx2":
+        monkeypatch.setenv("DNA_FAST_CPU_ISA", "avx2")
+    else:
+        monkeypatch.delenv("DNA_FAST_CPU_ISA", raising=False)
+    before = C.cpu_vector_calls(512)
+    for r, k, n in ((3136, 40, 360), (13, 7, 48), (29, 24, 8), (9, 16, 40), (100, 120, 24), (5, 240, 80)):
+        x, w, b = torch.randn(r, k), torch.randn(k, n) * k ** -0.5, torch.randn(n) * 0.2
+        torch.testing.assert_close(ops.linear_swish(x, w, b), ops.linear_swish_reference(x, w, b), rtol=1e-5,
+                                   atol=1e-5)
+        off, sh, gate = torch.randn(r, n), torch.randn(n), torch.rand(1, k)
+        torch.testing.assert_close(ops.linear_sq_err(x, w, off, sh, gate),
+                                   ops.linear_sq_err_reference(x, w, off, sh, gate), rtol=1e-6, atol=1e-6)
+        mean = torch.randn(n)
+        torch.testing.assert_close(ops.linear_col_dev(x, w, mean, gate),
+                                   ops.linear_col_dev_reference(x, w, mean, gate), rtol=1e-6, atol=1e-6)
+    x = _cl(torch.randn(2, 40, 14, 14))
+    w1, b1 = torch.randn(40, 360) * 0.15, torch.randn(360) * 0.2
+    wd, sc, sh = torch.randn(360, 1, 5, 5) * 0.3, torch.rand(360) + 0.5, torch.randn(360) * 0.2
+    for a, b in zip(ops.expand_dwconv(x, w1, b1, wd, sc, sh, 1), ops.expand_dwconv_reference(x, w1, b1, wd, sc, sh, 1)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    ran = C.cpu_vector_calls(512) > before
+    assert ran == (isa == "best" and C.build_info()["cpu_isa_runtime"] == "avx512")
