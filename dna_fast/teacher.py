@@ -198,15 +198,14 @@ class Teacher(nn.Module):
 
     def train(self, mode: bool = True) -> Teacher:
         """The teacher stays in eval mode (frozen BN statistics) unless built with ``train_bn=True``: then
-        ``train()`` puts its BatchNorm layers (only them: no dropout / drop-path) in train mode, so they normalize
-        with batch statistics and update their running statistics (``teacher.bn=train``, the authors' distillation).
+        ``train()`` puts the model in train mode as the authors' ``teacher.train()`` did (``teacher.bn=train``), so
+        its BatchNorm layers normalize with batch statistics and update their running statistics.
+
+        # NOTE the whole model, not only its BNs, as theirs: timm's EfficientNets have no active dropout or
+        # drop-path in the stages by default (dropout sits in the classifier head, which the stage forward never runs)
         """
         super().train(mode)
-        self.model.train(False)
-        if mode and self.train_bn:
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.train(True)
+        self.model.train(bool(mode) and self.train_bn)
         return self
 
     @torch.no_grad()
