@@ -161,6 +161,43 @@ def test_build_command_uses_every_core_and_one_architecture(tmp_path):
     assert check.build_command(_ctx(tmp_path, ["--jobs", "3"]))[1]["MAX_JOBS"] == "3"
 
 
+def _fake_python(tmp_path, body: str) -> str:
+    """An executable standing in for the GPU machine's python3: records its arguments and environment."""
+    exe = tmp_path / "fake-python"
+    exe.write_text(f"#!/bin/bash\necho \"$@\" > {tmp_path}/args\nenv > {tmp_path}/env\n{body}\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_real_build_stage_runs_setup_py_with_the_arch_and_jobs_and_reports_compile_errors(tmp_path):
+    ok = _ctx(tmp_path, ["--python", _fake_python(tmp_path, "echo compiled; exit 0"), "--jobs", "5"])
+    [step] = check.stage_build(ok, check.Budget(30))
+    assert step.status == "pass" and "sm_90" in step.detail
+    assert (tmp_path / "args").read_text().split() == ["setup.py", "build_ext", "--inplace"]
+    env = (tmp_path / "env").read_text().splitlines()
+    assert "TORCH_CUDA_ARCH_LIST=9.0" in env and "MAX_JOBS=5" in env
+    bad = _ctx(tmp_path, ["--python", _fake_python(tmp_path, "echo 'kernel.cu(12): error: planted'; exit 1")])
+    [step] = check.stage_build(bad, check.Budget(30))
+    assert step.status == "fail" and "planted" in step.detail
+    slow = _ctx(tmp_path, ["--python", _fake_python(tmp_path, "sleep 60")])
+    [step] = check.stage_build(slow, check.Budget(1))
+    assert step.status == "timeout" and "--budget build=" in step.detail
+
+
+@pytest.mark.parametrize("info, problem", [
+    ({"cpu_ops": True, "cuda_ops": True, "cuda_arch_list": "9.0", "gpu": True}, None),
+    ({"cpu_ops": True, "cuda_ops": False, "cuda_arch_list": "", "gpu": True}, "built without CUDA"),
+    ({"cpu_ops": True, "cuda_ops": True, "cuda_arch_list": "8.0", "gpu": True}, "not 9.0"),
+    ({"cpu_ops": True, "cuda_ops": True, "cuda_arch_list": "9.0", "gpu": False}, "no CUDA device"),
+])
+def test_real_info_stage_asks_for_cuda_kernels_for_the_arch(tmp_path, info, problem):
+    line = "BACKEND_INFO " + json.dumps({**info, "torch": "2.11.0+cu130"})
+    ctx = _ctx(tmp_path, ["--python", _fake_python(tmp_path, f"echo '{line}'")])
+    [step] = check.stage_info(ctx, check.Budget(30))
+    assert ctx.facts["backend_info"]["torch"] == "2.11.0+cu130"
+    assert step.status == ("pass" if problem is None else "fail") and (problem is None or problem in step.detail)
+
+
 # ---------------------------------------------------------------------------------------- budgets, no stopping
 
 
