@@ -70,20 +70,20 @@ test-cpp: $(STAMPS)/deps
 	cmake -S . -B $(CMAKE_BUILD) $(CMAKE_ARGS) \
 		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" > /dev/null
 	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS) > /dev/null
-	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+	ctest --test-dir $(CMAKE_BUILD) -j $(MAX_JOBS) --output-on-failure
 
 # The CUDA kernels in the emulator alone (no libtorch, no GPU): the test-cpp build, its emulator targets only.
 test-cuda: $(STAMPS)/deps
 	cmake -S . -B $(CMAKE_BUILD) $(CMAKE_ARGS) \
 		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)" > /dev/null
 	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS) --target cudasim_tests > /dev/null
-	ctest --test-dir $(CMAKE_BUILD) -L cudasim --output-on-failure
+	ctest --test-dir $(CMAKE_BUILD) -L cudasim -j $(MAX_JOBS) --output-on-failure
 
 test-cuda-tsan:
 	cmake -S . -B $(CMAKE_BUILD)-tsan -DTSAN=ON -DBUILD_OPS=OFF \
 		$(if $(CUDA_ROOT),-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_ROOT)) > /dev/null
 	cmake --build $(CMAKE_BUILD)-tsan -j $(MAX_JOBS) --target cudasim_tests > /dev/null
-	ctest --test-dir $(CMAKE_BUILD)-tsan -L cudasim --output-on-failure
+	ctest --test-dir $(CMAKE_BUILD)-tsan -L cudasim -j $(MAX_JOBS) --output-on-failure
 
 bench: setup
 	$(PY) -m pytest benchmarks --benchmark-only -q -s $(PYTEST_ARGS)

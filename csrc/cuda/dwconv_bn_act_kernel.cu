@@ -33,7 +33,8 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cuda(const at::Tensor& x_, cons
     const at::Tensor scale = float_contiguous(scale_), shift = float_contiguous(shift_);
     float* sp = with_sums ? sums.mutable_data_ptr<float>() : nullptr;
     const DwShape shape{N, C, x.size(2), x.size(3), Ho, Wo};
-    TORCH_CHECK(!cl || N <= 65535, "dwconv_bn_act: channels_last batch ", N, " exceeds 65535 (grid.z); split the batch");
+    TORCH_CHECK(!cl || N <= 65535, "dwconv_bn_act: channels_last batch ", N,
+                " exceeds 65535 (grid.z); split the batch");
     TORCH_CHECK(cl || N * C <= 2147483647, "dwconv_bn_act: N * C = ", N * C, " planes exceed 2^31 - 1 (grid.x)");
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_bn_act_cuda", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) {

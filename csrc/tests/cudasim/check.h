@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 
@@ -17,6 +18,7 @@ class Checker {
     if (!ok) {
       ++failures_;
       std::fprintf(stderr, "%s: FAILED: %s\n", suite_, what.c_str());
+      if (std::getenv("CUDASIM_FAIL_FAST") != nullptr) std::exit(1);  // mutants.py: the first failure is enough
     }
     return ok;
   }

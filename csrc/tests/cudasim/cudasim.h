@@ -587,7 +587,8 @@ inline void run_block(std::vector<Fiber*>& fs, std::vector<int>& order, std::mt1
   const int n = static_cast<int>(fs.size());
   for (int i = 0; i < n; ++i) {
     Fiber& f = *fs[i];
-    f.tid = uint3{unsigned(i) % blockDim.x, unsigned(i) / blockDim.x % blockDim.y, unsigned(i) / (blockDim.x * blockDim.y)};
+    const unsigned u = static_cast<unsigned>(i);
+    f.tid = uint3{u % blockDim.x, u / blockDim.x % blockDim.y, u / (blockDim.x * blockDim.y)};
     f.st = St::kReady;
     f.fake_stack = nullptr;
     f.ctx.uc_stack.ss_sp = f.stack;
@@ -700,7 +701,8 @@ inline void run(dim3 grid, dim3 block, size_t dyn_smem, const char* name, void (
   for (uint64_t b = 0; b < nblocks; ++b) {
     uint64_t id = b;
     if (opt.order == Order::kReverse) id = nblocks - 1 - b;
-    if (opt.order == Order::kRandom) id = static_cast<uint64_t>((static_cast<unsigned __int128>(step) * b + offset) % nblocks);
+    if (opt.order == Order::kRandom)
+      id = static_cast<uint64_t>((static_cast<unsigned __int128>(step) * b + offset) % nblocks);
     blockIdx = uint3{static_cast<unsigned>(id % grid.x), static_cast<unsigned>(id / grid.x % grid.y),
                      static_cast<unsigned>(id / (uint64_t(grid.x) * grid.y))};
     try {

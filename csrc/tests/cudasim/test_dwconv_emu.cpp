@@ -48,7 +48,8 @@ void run_case(Checker& t, const Case& c) {
   for (long n = 0; n < s.N; ++n)
     for (long ch = 0; ch < s.C; ++ch)
       for (long h = 0; h < s.H; ++h)
-        for (long w = 0; w < s.W; ++w) x[at(n, ch, h, w, s.H, s.W)] = cudasim_test::to<T>(cudasim_test::input_value(xi(n, ch, h, w)));
+        for (long w = 0; w < s.W; ++w)
+          x[at(n, ch, h, w, s.H, s.W)] = cudasim_test::to<T>(cudasim_test::input_value(xi(n, ch, h, w)));
   std::vector<float> wt(static_cast<size_t>(s.C * k * k)), scale(s.C), shift(s.C);
   for (size_t i = 0; i < wt.size(); ++i) wt[i] = static_cast<float>(cudasim_test::input_value(long(i), 3) * 0.5);
   for (long ch = 0; ch < s.C; ++ch) {

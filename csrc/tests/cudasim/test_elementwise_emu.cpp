@@ -53,7 +53,8 @@ void run_case(Checker& t, long N, long C, long H, long W, bool cl, unsigned max_
     }
   }
   char buf[160];
-  std::snprintf(buf, sizeof buf, "%s %s [%ld, %ld, %ld, %ld] blocks<=%u", cudasim_test::DType<T>::name, cl ? "cl" : "nchw", N, C, H,
+  std::snprintf(buf, sizeof buf, "%s %s [%ld, %ld, %ld, %ld] blocks<=%u", cudasim_test::DType<T>::name,
+                cl ? "cl" : "nchw", N, C, H,
                 W, max_blocks);
   t.expect(good, buf);
 }

@@ -95,7 +95,8 @@ void pw_case(Checker& t, long N, long Co, long HW, bool cl, bool with_res, bool 
     }
   }
   char buf[200];
-  std::snprintf(buf, sizeof buf, "pw_epilogue %s %s N=%ld Co=%ld HW=%ld res=%d tgt=%d chunk=%ld", cudasim_test::DType<T>::name,
+  std::snprintf(buf, sizeof buf, "pw_epilogue %s %s N=%ld Co=%ld HW=%ld res=%d tgt=%d chunk=%ld",
+                cudasim_test::DType<T>::name,
                 cl ? "cl" : "nchw", N, Co, HW, int(with_res), int(with_tgt), chunk);
   t.expect(good, buf);
 }
