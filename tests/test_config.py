@@ -47,7 +47,8 @@ def test_imagenet_config_loads(repo_root):
     assert cfg.space == "dna" and cfg.teacher.model == "tf_efficientnet_b7" and cfg.distill.epochs == 20
     r = cfg.retrain
     assert (r.lr_per_256, r.warmup_epochs, r.decay_epochs, r.decay_rate) == (0.016, 5, 3, 0.963)
-    assert (r.label_smoothing, r.dropout, r.drop_path, r.ema_decay, r.weight_decay) == (0.1, 0.2, 0.2, 0.9998, 1e-5)
+    # the authors' retraining (issue 15: their train.py's weight decay 1e-4; the paper's 1e-5 is in imagenet_dna_fast)
+    assert (r.label_smoothing, r.dropout, r.drop_path, r.ema_decay, r.weight_decay) == (0.1, 0.2, 0.2, 0.9998, 1e-4)
 
 
 @pytest.mark.parametrize("item, key, value", [
