@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _rating_kernels as _rk
 from . import ops as _ops
 from ._batchnorm import recalibrate_bn
 
@@ -241,12 +242,17 @@ class _Walker:
     depthwise conv, silu in place).
     """
 
-    def __init__(self, layers: list[_Layer], dtype: torch.dtype, n_ops: int, native: bool) -> None:
+    def __init__(self, layers: list[_Layer], dtype: torch.dtype, n_ops: int, native: bool,
+                 fused: object | None = None) -> None:
         self.layers = layers
         self.dtype = dtype
         self.n_ops = n_ops
         self.low = dtype != torch.float32
         self.native = native
+        # the fused passes: dna_fast.ops (CPU kernels) or _rating_kernels.FusedOps (CUDA / emulated CUDA kernels)
+        self.fops = _ops if fused is None else fused
+        # (level, calibration) pairs that run plain PyTorch although the fused passes exist (timed slower there)
+        self.plain: set[tuple[int, bool]] = set()
         # per group: (the stats last folded, the folded parameters). One entry per group, not per node: the stored
         # statistics are one object per layer (always a hit), recalibrated ones differ per node (folded again; a
         # cache per node grew with the number of candidates: ~200 MB on block 1 of dna)
@@ -271,17 +277,18 @@ class _Walker:
 
     # one group's hidden activation: 1x1 expand + BN + swish, depthwise + BN + swish, SE gate
     def _hidden(self, g: _Group, x2: Tensor, n: int, h: int, w: int, folded: tuple | None, calib: list | None,
-                moments: tuple[Tensor, Tensor] | None, keep_gate: bool = False
+                moments: tuple[Tensor, Tensor] | None, keep_gate: bool = False, native: bool | None = None
                 ) -> tuple[Tensor, int, int, Tensor | None, Tensor | None]:
         dt = self.dtype
+        native = self.native if native is None else native
         mid = g.w_pw.shape[1]
         rows = x2.shape[0]
         pooled = None
-        if self.native:
+        if native:
             x4 = x2.view(n, h, w, -1).permute(0, 3, 1, 2)  # the rows as a channels_last image batch
             if calib is None:
                 w1, t1, s2, t2 = folded[0], folded[1], folded[2], folded[3]
-                d, sums = _ops.expand_dwconv(x4, w1, t1, g.w_dw, s2, t2, g.stride)
+                d, sums = self.fops.expand_dwconv(x4, w1, t1, g.w_dw, s2, t2, g.stride)
                 ho, wo = d.shape[2], d.shape[3]
                 pooled = sums.div_(ho * wo)
                 d2 = d.permute(0, 2, 3, 1).view(n * ho * wo, mid)
@@ -293,14 +300,14 @@ class _Walker:
                 var1 = ((moments[1] @ wd) * wd).sum(0)
                 s1, t1 = _fold(g.g1, g.b1, g.eps1, mean1.float(), var1.float())
                 calib += [mean1.float(), (var1 * (rows / max(rows - 1, 1))).float()]
-                d, rmean, rm2 = _ops.expand_dwconv(x4, g.w_pw * s1, t1, g.w_dw, stride=g.stride)
+                d, rmean, rm2 = self.fops.expand_dwconv(x4, g.w_pw * s1, t1, g.w_dw, stride=g.stride)
                 ho, wo = d.shape[2], d.shape[3]
                 mean2, var2 = _ops.merge_row_stats(rmean, rm2, wo)
                 rows2 = n * ho * wo
                 s2, t2 = _fold(g.g2, g.b2, g.eps2, mean2.float(), var2.float())
                 calib += [mean2.float(), (var2 * (rows2 / max(rows2 - 1, 1))).float()]
                 d2 = d.permute(0, 2, 3, 1).view(rows2, mid)
-                pooled = _ops.swish_rows_(d2, s2, t2, n).div_(ho * wo)
+                pooled = self.fops.swish_rows_(d2, s2, t2, n).div_(ho * wo)
         else:
             if calib is None:
                 w1, t1, w2, b2 = folded[0], folded[1], folded[4], folded[5]
@@ -343,11 +350,12 @@ class _Walker:
         """
         layer = self.layers[level]
         dt = self.dtype
-        moments = _input_moments(x2) if calib is not None and self.native else None
+        native = self.native and (level, calib is not None) not in self.plain
+        moments = _input_moments(x2) if calib is not None and native else None
         for gi, g in enumerate(layer.groups):
             folded = self._fold_group(g, st[gi]) if calib is None else None
-            fold_gate = self.native and target is not None
-            d2, ho, wo, gate, pooled = self._hidden(g, x2, n, h, w, folded, calib, moments, fold_gate)
+            fold_gate = native and target is not None
+            d2, ho, wo, gate, pooled = self._hidden(g, x2, n, h, w, folded, calib, moments, fold_gate, native)
             if fold_gate and calib is not None:  # column means of the gated hidden rows, from the SE sums
                 colmean = (pooled if gate is None else pooled * gate).double().mean(0)
             k3 = []
@@ -357,9 +365,9 @@ class _Walker:
                 sl = d2[:, o:o + m]
                 if calib is None:
                     w3, t3 = folded[6][j]
-                    if target is not None and self.native:
+                    if target is not None and native:
                         gk = None if gate is None else gate[:, o:o + m].contiguous()
-                        sq, ab = _ops.linear_sq_err(sl, w3, target, t3, gk)
+                        sq, ab = self.fops.linear_sq_err(sl, w3, target, t3, gk)
                         yield k, torch.stack((sq.sum(), ab.sum())), ho, wo
                         continue
                     if target is not None and not self.low:
@@ -370,7 +378,7 @@ class _Walker:
                     wj = g.w_pwl[j]
                     mean3 = colmean[o:o + m] @ wj.double()
                     gk = None if gate is None else gate[:, o:o + m].contiguous()
-                    dev = _ops.linear_col_dev(sl, wj, mean3.float(), gk)
+                    dev = self.fops.linear_col_dev(sl, wj, mean3.float(), gk)
                     k3.append((mean3.float(), (dev / max(sl.shape[0] - 1, 1)).float()))
                     continue
                 else:
@@ -427,7 +435,7 @@ def _default_chunk(n: int, layers: list[_Layer], hw: tuple[int, int], device: to
 
 def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor]], calib: list[Tensor] | None, *,
                    dtype: torch.dtype, device: torch.device, chunk_size: int | None = None, progress: bool = False,
-                   candidates: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   candidates: Sequence[int] | None = None, kernels: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Per-candidate sums of squared errors over ``pairs`` ``[candidates]`` and of absolute errors per pair
     ``[len(pairs), candidates]`` (``space.candidates(i)`` order, float64 numpy; NaN for candidates not wanted)."""
     space = supernet.space
@@ -445,8 +453,11 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
         return csum[hi] > csum[lo]
 
     low = dtype != torch.float32
-    # the fused CPU passes of dna_fast.ops (fp32; their depthwise conv pads k // 2 like timm's MBConv)
-    native = _NATIVE and _ops.HAS_NATIVE and device.type == "cpu" and not low
+    # the fused passes (see _rating_kernels: the CPU kernels in fp32, the CUDA kernels, or the CUDA kernels under the
+    # CPU emulator; their depthwise conv pads k // 2 like timm's MBConv); `timed`: per layer shape, the faster of them
+    # and plain PyTorch
+    fused, timed = _rk.resolve(kernels, device, dtype) if _NATIVE else (None, False)
+    native = fused is not None
     # the stem of block 0 has no choice: recalibrate it once, then it maps images to the trie's input
     inputs = [x for x, _ in pairs]
     calib_in = calib
@@ -464,6 +475,7 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
         from tqdm import tqdm
 
         bar = tqdm(total=int(want.sum()), desc=f"block {i}", unit="cand", leave=False)
+    say = bar.write if bar is not None else None  # the timed kernel choices, with progress=True
     total_chunks = 0
     plans = []
     for c, cell in enumerate(spec.cells):
@@ -482,7 +494,26 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
         if not wanted(base, base + size):
             base += size
             continue
-        walker = _Walker(layers, dtype, K, native)
+        walker = _Walker(layers, dtype, K, native, fused)
+
+        def pick(level: int, x2: Tensor, n: int, h: int, w: int, st: list[tuple] | None, calib_mode: bool,
+                 tg: Tensor | bool | None) -> None:
+            """Timed kernels: this node's siblings run fused or in plain PyTorch, whichever ran faster (once per
+            layer shape and process, timed on this node)."""
+            layer = walker.layers[level]
+            shape = (n, h, w, x2.shape[1], level == depth - 1, layer.has_skip,
+                     tuple((g.kernel, g.stride, tuple(g.mids), g.w_pwl[0].shape[1]) for g in layer.groups))
+            key = (str(device), dtype, "calib" if calib_mode else "eval", shape)
+            mode = (level, calib_mode)
+
+            def run(on: bool) -> None:
+                (walker.plain.discard if on else walker.plain.add)(mode)
+                for _ in walker.siblings(level, x2, n, h, w, st, [] if calib_mode else None, target=tg):
+                    pass
+
+            on = _rk.choose(key, lambda: run(True), lambda: run(False), device, say)
+            (walker.plain.discard if on else walker.plain.add)(mode)
+
         stats: dict[tuple, list[tuple]] | None = None
         if calib_in is not None:
             accs: dict[tuple, _StatsAcc] = {}
@@ -493,6 +524,8 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
                     return
                 flat: list[Tensor] = []
                 last = level == depth - 1
+                if timed and native:
+                    pick(level, x2, n, h, w, None, True, True if last else None)
                 for k, y, ho, wo in walker.siblings(level, x2, n, h, w, None, flat, target=True if last else None):
                     if not last:
                         cal(level + 1, y, n, ho, wo, prefix + (k,), lo + k * span // K)
@@ -517,6 +550,8 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
             if level == depth - 1:
                 # residual of the last layer folds into the target: r = proj + b3 + skip - target
                 tg = x2.float() - tgt if walker.layers[level].has_skip else tgt.neg()
+                if timed and native:
+                    pick(level, x2, n, h, w, st, False, tg)
                 vals = [None] * K
                 for k, v, _, _ in walker.siblings(level, x2, n, h, w, st, target=tg):
                     vals[k] = v
@@ -526,6 +561,8 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
                 if bar is not None:
                     bar.update(K / total_chunks)
                 return
+            if timed and native:
+                pick(level, x2, n, h, w, st, False, None)
             for k, y, ho, wo in walker.siblings(level, x2, n, h, w, st):
                 walk(level + 1, y, n, ho, wo, prefix + (k,), lo + k * (span // K), tgt, pair)
 

@@ -281,7 +281,7 @@ def rate_block_naive(supernet: nn.Module, i: int, batches: Iterable, *, calib: I
 def rate_block(supernet: nn.Module, i: int, batches: Iterable, *, calib: Iterable | None = None,
                dtype: torch.dtype | None = None, device: Any = None, chunk_size: int | None = None,
                latency: LatencySpec = None, progress: bool = False, image_size: Any = None,
-               candidates: Sequence[int] | None = None):
+               candidates: Sequence[int] | None = None, kernels: str = "auto"):
     """Rate every candidate of block ``i`` of ``supernet`` by its error to the teacher's feature (MSE, MSE / var and
     the authors' normalised L1: see the module docstring).
 
@@ -304,6 +304,11 @@ def rate_block(supernet: nn.Module, i: int, batches: Iterable, *, calib: Iterabl
         image_size: image size for the cost columns (default: inferred from the input's spatial size).
         candidates: optional positions (in ``space.candidates(i)``) to rate; the others get NaN losses (used to
             split the work among ranks).
+        kernels: which implementation runs the engine's fused passes: ``"auto"`` (CPU fp32: the CPU kernels; CUDA:
+            per layer shape the CUDA kernels or plain PyTorch, whichever ran faster when timed once; printed with
+            ``progress``), ``"fused"`` (the device's fused kernels, untimed), ``"torch"`` (plain PyTorch) or
+            ``"cuda-emulated"`` (CPU tensors through the CUDA kernels under the CPU emulator; slow, for tests). See
+            docs/gpu_rating.md.
 
     Returns:
         pandas DataFrame indexed by the canonical candidate strings in ``space.candidates(i)`` order with columns
@@ -315,7 +320,7 @@ def rate_block(supernet: nn.Module, i: int, batches: Iterable, *, calib: Iterabl
     space = supernet.space
     device, dtype, pairs, calib_x, count, tvar = _prepare(supernet, i, batches, calib, device, dtype)
     sse, sae = rate_block_sse(supernet, i, pairs, calib_x, dtype=dtype, device=device, chunk_size=chunk_size,
-                              progress=progress, candidates=candidates)
+                              progress=progress, candidates=candidates, kernels=kernels)
     size = image_size or _image_size(space, i, pairs[0][0])
     l1 = rel_l1_from_sums(sae, [t for _, t in pairs])
     return rating_table(space, i, sse, count, tvar, size, latency, rel_l1=l1)
