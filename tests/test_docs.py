@@ -143,6 +143,8 @@ def test_docs_exist_and_have_a_runnable_example():
     assert any(b.runnable and b.path.name == "README.md" for b in BLOCKS), "the README's library example is not " \
         f"marked runnable (put {RUNNABLE} on the line before its fence)"
     assert not (ROOT / "docs" / "HELPERS.md").exists()
+    n = len((ROOT / "README.md").read_text().splitlines())
+    assert n <= 160, f"README.md has {n} lines: keep it a front door (~150 lines) and move reference text to docs/"
 
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.runnable], ids=lambda b: b.id)
