@@ -167,6 +167,21 @@ def test_engine_cuda_emulated_equals_naive(mini, i, with_calib):
 
 
 @needs_emu
+def test_engine_cuda_emulated_bf16(mini):
+    """The engine's low-precision CUDA path (bf16 activations between the kernels, fp32 accumulation) on CPU: its
+    losses are at most twice as far from the fp32 reference as the naive reference's own bf16 run (plus 1e-3)."""
+    i = 1
+    pairs, cal = _data(mini.space, i, 16, batch=2, n=1, seed=11, calib=1, like=mini)
+    subset = _subset(mini.space, i)
+    ref32 = rate_block_naive(mini, i, pairs, calib=cal, candidates=subset)["loss"].to_numpy()[subset]
+    naive = rate_block_naive(mini, i, pairs, calib=cal, candidates=subset, dtype=torch.bfloat16)
+    fast = rate_block(mini, i, pairs, calib=cal, candidates=subset, dtype=torch.bfloat16, kernels="cuda-emulated")
+    err_naive = np.max(np.abs(naive["loss"].to_numpy()[subset] - ref32) / ref32)
+    err_fast = np.max(np.abs(fast["loss"].to_numpy()[subset] - ref32) / ref32)
+    assert err_fast <= 2 * err_naive + 1e-3, f"bf16 CUDA path error {err_fast:.3g} vs the reference's {err_naive:.3g}"
+
+
+@needs_emu
 def test_engine_timed_choice_mixes_paths(mini, monkeypatch, capsys):
     """The per-layer-shape timing of "auto" on a GPU, run here with the emulated kernels as the fused side: each
     layer shape is timed once (cached), the choice is printed with progress, and whatever mix of fused and plain
@@ -212,10 +227,9 @@ def test_kernels_argument_errors(mini):
 @pytest.mark.parametrize("with_calib", [False, True], ids=["stored-bn", "calib"])
 def test_engine_cuda_fused_equals_naive(mini, with_calib):
     i = 1
+    pairs, cal = _data(mini.space, i, 16, batch=4, n=2, seed=3, calib=2 if with_calib else 0, like=mini)
     sn = mini.to("cuda")
     try:
-        pairs, cal = _data(sn.space, i, 16, batch=4, n=2, seed=3, calib=2 if with_calib else 0, like=mini.cpu())
-        sn.to("cuda")
         ref = rate_block_naive(sn, i, pairs, calib=cal, device="cuda")
         for kernels in ("fused", "auto", "torch"):
             _assert_same(rate_block(sn, i, pairs, calib=cal, device="cuda", kernels=kernels), ref, rtol=1e-4)
