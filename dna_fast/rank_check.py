@@ -31,6 +31,7 @@ import json
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -261,10 +262,13 @@ def block_features(teacher: nn.Module, loader: Any, i: int, num_images: int, dev
 
 
 def _fresh_block(space: Any, i: int, seed: int) -> nn.Module:
-    from .supernet import Supernet
+    """Block ``i`` as ``Supernet`` builds it (block 0 with the student stem), freshly initialized from ``seed``."""
+    from .nn import ChoiceBlock, StudentStem, resolve_layers
 
     torch.manual_seed(seed)
-    return Supernet(space).blocks[i]
+    act_layer, norm_layer = resolve_layers(space.act, None)
+    stem = StudentStem(space.stem, 3, act_layer, norm_layer) if i == 0 else None
+    return ChoiceBlock(space.blocks[i], stem, act_layer=act_layer, norm_layer=norm_layer, drop_path_rate=0.0)
 
 
 def train_block_candidate(space: Any, i: int, candidate: str, train: tuple[torch.Tensor, torch.Tensor],
@@ -432,7 +436,9 @@ def found_vs_random(found: Sequence[float], randoms: dict[str, Sequence[float]])
         return res
     diff = float(f.mean() - means.mean())
     se = float(math.sqrt(f.var(ddof=1) / len(f) + means.var(ddof=1) / len(means)))
-    t = stats.ttest_ind(f, allr, equal_var=False, alternative="greater")
+    with warnings.catch_warnings():  # nearly equal accuracies: scipy warns about precision, the p-value stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t = stats.ttest_ind(f, allr, equal_var=False, alternative="greater")
     beats = bool(diff > 2 * se and t.pvalue < 0.05)
     rank = int((means >= f.mean()).sum())
     res.update(diff=_num(diff), se=_num(se), p_welch=_num(float(t.pvalue)), beats_random=beats,

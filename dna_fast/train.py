@@ -295,6 +295,8 @@ def check_inputs(ctx: Context) -> None:
         if not timm.is_model(cfg.model):
             raise ConfigError(f"config key 'model': {cfg.model!r} is not a timm model (e.g. dna_a, dna_b, dna_c, "
                               "dna_d, efficientnet_b0); leave it empty to use the search result")
+    if "rank_check" in sel:
+        _check_rank_check_plan(ctx)
     if "rank_check" in sel and "rate" not in sel and not ratings_done(ctx):
         raise StageInputError(f"stage rank_check needs {ctx.run_dir}/ratings/block{{0..{ctx.space.num_blocks - 1}}}"
                               ".parquet: run the pipeline up to --stages rate first")
@@ -707,6 +709,24 @@ def _parse_compare(text: str) -> dict[str, str]:
     return out
 
 
+def _rank_check_key(cfg: RunConfig) -> dict:
+    """The rank_check settings a plan is made with (those that change what is trained)."""
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(cfg.rank_check).items()
+            if k not in ("enabled", "analyze_only", "bootstrap")}
+
+
+def _check_rank_check_plan(ctx: Context) -> None:
+    p = ctx.path("rank_check", "plan.json")
+    if p.is_file():
+        old = json.loads(p.read_text()).get("config")
+        if old != _rank_check_key(ctx.cfg):
+            diff = {k: v for k, v in (old or {}).items() if _rank_check_key(ctx.cfg).get(k) != v}
+            raise StageInputError(f"{p} was made with other rank_check settings ({diff}): keep those settings to "
+                                  "resume the study, or move rank_check/ away to start a new one")
+
+
 def stage_rank_check(ctx: Context) -> dict:
     """The ranking check (:mod:`dna_fast.rank_check`): stand-alone blocks and networks vs the ratings.
 
@@ -726,13 +746,11 @@ def stage_rank_check(ctx: Context) -> dict:
     rc, space = ctx.cfg.rank_check, ctx.space
     out = ctx.path("rank_check")
     out.mkdir(parents=True, exist_ok=True)
-    key = {k: v for k, v in dataclasses.asdict(rc).items() if k not in ("enabled", "analyze_only", "bootstrap")}
+    key = _rank_check_key(ctx.cfg)
     plan_path = out / "plan.json"
+    _check_rank_check_plan(ctx)
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
-        if plan.get("config") != key:
-            raise StageInputError(f"{plan_path} was made with other rank_check settings ({plan.get('config')}): keep "
-                                  "those settings to resume, or move rank_check/ away to start a new study")
     else:
         tables = load_ratings(ctx.run_dir, space.num_blocks)
         compare = {}

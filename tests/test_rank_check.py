@@ -275,3 +275,67 @@ def test_analysis_of_a_made_up_study_and_resume(space, tmp_path):
     text = rk.write_section(again)
     assert "Block level" in text and "Network level" in text and "Found vs random" in text
     assert any("block level" in ln for ln in rk.closing_lines(again))
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+TINY_STUDY = [
+    "threads=1", "data.backend=fashion_mnist", "data.fallback=null", "data.batch_size=20", "data.val_batch_size=40",
+    "teacher.epochs=1", "distill.epochs=1", "rate.batch_size=10", "rate.num_batches=2", "rate.calib_batches=1",
+    "search.budget=macs=3M", "search.top_k=2", "retrain.epochs=1", "retrain.max_steps=2", "control.num_random=0",
+    "rank_check.enabled=true", "rank_check.block_candidates=3", "rank_check.block_steps=3",
+    "rank_check.block_batch_size=10", "rank_check.block_train_images=40", "rank_check.block_val_images=20",
+    "rank_check.noise_candidates=1", "rank_check.noise_seeds=2", "rank_check.networks=2",
+    "rank_check.matched_groups=0", "rank_check.noise_networks=0", "rank_check.found_random=2",
+    "rank_check.found_seeds=2", "rank_check.bootstrap=50",
+]
+
+
+def _tiny_fashion(root):
+    """A Fashion-MNIST-shaped data set of random images (240 train = 200 train + 40 val, 30 test), written here."""
+    from dna_fast.data import fashion_mnist as fm
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for part, n in (("train", 240), ("test", 30)):
+        fm.write_idx(root / f"{fm.FILES[part][0]}.gz", rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8))
+        fm.write_idx(root / f"{fm.FILES[part][1]}.gz", (np.arange(n) % 10).astype(np.uint8))
+
+
+@pytest.mark.slow
+def test_stage_runs_resumes_and_reanalyzes(tmp_path, capsys):
+    """The whole tiny pipeline with the ranking check (small local data), then a rerun that trains nothing, a rerun
+    with other settings (refused), and ``dna-fast rank-check --analyze-only``."""
+    from dna_fast import cli, train
+
+    _tiny_fashion(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    tiny = [*TINY_STUDY, f"data.root={tmp_path / 'data'}"]
+    assert train.main(["--run-dir", str(run_dir), "--stages", "teacher,distill,rate,search,rank_check", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "Ranking check (rank_check/results.json" in out
+    rc_dir = run_dir / "rank_check"
+    res = json.loads((rc_dir / "results.json").read_text())
+    total = 4 * 3 + 4 * 1 + 2 + (1 + 2) * 2  # blocks, block noise, networks, found + random
+    assert res["complete"] is True and res["status"]["done"] == res["status"]["total"] == total
+    assert set(res["block_level"]["per_block"]) == {"0", "1", "2", "3"}
+    assert {"loss", "macs", "params"} <= set(res["block_level"]["pooled"])
+    assert res["network_level"]["done"] == 2 and res["found_vs_random"]["verdict"]
+    assert res["machine"] and res["date"] and res["block_steps"] == 3
+    plan = json.loads((rc_dir / "plan.json").read_text())
+    assert all(len(v) == 3 for v in plan["blocks"].values())
+    for name, e in plan["networks"].items():  # the plan's costs are the networks' real costs
+        m = json.loads((rc_dir / "networks" / f"{name}_s0" / "metrics.json").read_text())
+        assert m["macs"] == e["macs"] and m["eval_split"] == "test" and m["n_val"] == 30
+    stamps = {p: p.stat().st_mtime_ns for p in rc_dir.rglob("*") if p.suffix in (".json", ".pth")
+              and p.name not in ("results.json",)}
+    assert train.main(["--run-dir", str(run_dir), "--stages", "rank_check", *tiny]) == 0
+    assert "0 to run" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # other settings than the plan's: refused, nothing changed
+    assert train.main(["--run-dir", str(run_dir), "--stages", "rank_check", *tiny,
+                       "rank_check.block_candidates=4"]) == 2
+    assert "other rank_check settings" in capsys.readouterr().err
+    (rc_dir / "results.json").unlink()
+    assert cli.main(["rank-check", "--run-dir", str(run_dir), "--analyze-only"]) == 0
+    assert json.loads((rc_dir / "results.json").read_text())["status"]["done"] == total
+    assert "## Ranking check" in (rc_dir / "report.md").read_text()
