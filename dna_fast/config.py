@@ -259,7 +259,8 @@ class RankCheckConfig:
         macs_tolerance: relative MACs tolerance of the matched groups and of the random controls.
         bootstrap: bootstrap resamples of each confidence interval.
         compare: other run dirs whose ratings of the same candidates are scored too, ``label=DIR,...`` (e.g. a
-            supernet distilled with another ``distill.sampling``); their columns appear as ``label:metric``.
+            supernet distilled with another ``distill.sampling``); their columns appear as ``label:metric``. Can
+            be added or changed on a rerun (``--analyze-only``) without retraining anything.
     """
 
     enabled: bool = False

@@ -45,7 +45,7 @@ from ._io import atomic_write_json, atomic_write_text
 __all__ = [
     "kendall_tau", "spearman_rho", "stratified_tau", "stratified_rho", "bootstrap_ci", "rank_stats",
     "select_block_candidates", "train_block_candidate", "rating_metrics", "select_networks", "seed_noise",
-    "found_vs_random", "analyze", "write_section", "closing_lines", "COST_METRICS",
+    "found_vs_random", "analyze", "write_section", "closing_lines", "attach_compare", "COST_METRICS",
 ]
 
 COST_METRICS = ("macs", "params")
@@ -843,9 +843,29 @@ def unit_done(out_dir: Path, kind: str, spec: Any) -> bool:
     return (out_dir / "networks" / f"{name}_s{s}" / "metrics.json").is_file()
 
 
+def attach_compare(plan: dict, compare: dict[str, Sequence[Any]] | None) -> dict:
+    """The plan with the ratings of other runs (label -> their rating tables) as extra block-level predictors
+    ``label:metric`` (the same candidates; e.g. a supernet distilled with another ``distill.sampling``)."""
+    if not compare:
+        return plan
+    plan = json.loads(json.dumps(plan))
+    metrics = [m for m in plan["block_metrics"] if ":" not in m and m not in COST_METRICS]
+    for lab, tables in compare.items():
+        us = [_unique_rows(t) for t in tables]
+        new = [f"{lab}:{m}" for m in metrics if all(m in u.columns for u in us)]
+        for b, entries in plan["blocks"].items():
+            for e in entries:
+                e.update({k: float(us[int(b)].at[e["candidate"], k.split(":", 1)[1]]) for k in new})
+        plan["block_metrics"] = [m for m in plan["block_metrics"] if m not in COST_METRICS and m not in new] + new \
+            + [m for m in plan["block_metrics"] if m in COST_METRICS]
+    return plan
+
+
 def refresh(out_dir: Path, plan: dict, noise_seeds: int, n_boot: int, seed: int, extra: dict | None = None,
-            plots: bool = True) -> dict[str, Any]:
-    """Rebuilds ``results.json``, ``report.md`` and (``plots``) the plots from the finished units."""
+            plots: bool = True, compare: dict[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+    """Rebuilds ``results.json``, ``report.md`` and (``plots``) the plots from the finished units (with the
+    ratings of ``compare`` runs scored too, see :func:`attach_compare`)."""
+    plan = attach_compare(plan, compare)
     blocks, nets = collect_units(out_dir)
     todo = units(plan, noise_seeds)
     done = sum(unit_done(out_dir, k, s) for k, s in todo)
@@ -870,7 +890,8 @@ def refresh(out_dir: Path, plan: dict, noise_seeds: int, n_boot: int, seed: int,
 
 def run_units(out_dir: Path, plan: dict, noise_seeds: int, *, train_block: Callable[[int, str, int], dict],
               train_net: Callable[[str, dict, int], dict], n_boot: int, seed: int, log: Callable[[str], None],
-              extra: dict | None = None, plots: bool = True) -> dict[str, Any]:
+              extra: dict | None = None, plots: bool = True, compare: dict[str, Sequence[Any]] | None = None
+              ) -> dict[str, Any]:
     """Runs every unit not done yet (each result written as it finishes), refreshing the results after each
     (the plots after every 8th and the last, unless ``plots`` is false)."""
     todo = units(plan, noise_seeds)
@@ -891,5 +912,5 @@ def run_units(out_dir: Path, plan: dict, noise_seeds: int, *, train_block: Calla
             r = train_net(name, entry, s)
             log(f"[rank_check] {n + 1}/{len(left)} network {name} seed {s}: acc {r['acc']:.2f} % "
                 f"({time.perf_counter() - t0:.1f} s)")
-        refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots and (n + 1) % 8 == 0)
-    return refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots)
+        refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots and (n + 1) % 8 == 0, compare=compare)
+    return refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots, compare=compare)

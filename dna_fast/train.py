@@ -714,7 +714,7 @@ def _rank_check_key(cfg: RunConfig) -> dict:
     import dataclasses
 
     return {k: v for k, v in dataclasses.asdict(cfg.rank_check).items()
-            if k not in ("enabled", "analyze_only", "bootstrap")}
+            if k not in ("enabled", "analyze_only", "bootstrap", "compare")}
 
 
 def _check_rank_check_plan(ctx: Context) -> None:
@@ -749,16 +749,16 @@ def stage_rank_check(ctx: Context) -> dict:
     key = _rank_check_key(ctx.cfg)
     plan_path = out / "plan.json"
     _check_rank_check_plan(ctx)
+    compare = {}
+    for lab, cdir in _parse_compare(rc.compare).items():
+        try:
+            compare[lab] = load_ratings(cdir, space.num_blocks)
+        except FileNotFoundError as e:
+            raise StageInputError(f"rank_check.compare {lab}={cdir}: {e}") from None
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
     else:
         tables = load_ratings(ctx.run_dir, space.num_blocks)
-        compare = {}
-        for lab, d in _parse_compare(rc.compare).items():
-            try:
-                compare[lab] = load_ratings(d, space.num_blocks)
-            except FileNotFoundError as e:
-                raise StageInputError(f"rank_check.compare {lab}={d}: {e}") from None
         found, controls = None, None
         if search_done(ctx):
             found = found_architecture(ctx)
@@ -768,7 +768,7 @@ def stage_rank_check(ctx: Context) -> dict:
                 controls = {f"random_{k + 1}": {k2: e[k2] for k2 in ("choices", "macs", "params")}
                             for k, e in enumerate(ctl)}
         plan = rk.build_plan(space, tables, rc, seed=ctx.cfg.seed, image_size=ctx.image_size,
-                             num_classes=ctx.num_classes, found=found, controls=controls, compare=compare)
+                             num_classes=ctx.num_classes, found=found, controls=controls)
         plan["config"] = key
         if ctx.is_main:
             _write_json(plan, plan_path)
@@ -783,7 +783,7 @@ def stage_rank_check(ctx: Context) -> dict:
              else None, "threads": torch.get_num_threads(), "data": d.backend, "network_eval_split": eval_split,
              "block_steps": block_steps, "distill_sampling": ctx.cfg.distill.sampling, "run_dir": str(ctx.run_dir)}
     if rc.analyze_only:
-        res = rk.refresh(out, plan, rc.noise_seeds, rc.bootstrap, ctx.cfg.seed, extra)
+        res = rk.refresh(out, plan, rc.noise_seeds, rc.bootstrap, ctx.cfg.seed, extra, compare=compare)
         ctx.log(f"[rank_check] analyzed {res['status']['done']} of {res['status']['total']} finished units")
         return res
     teacher = build_teacher(ctx).to(ctx.device).eval()
@@ -817,7 +817,7 @@ def stage_rank_check(ctx: Context) -> dict:
                            meta=meta, log=lambda s: None)
 
     res = rk.run_units(out, plan, rc.noise_seeds, train_block=train_block, train_net=train_net,
-                       n_boot=rc.bootstrap, seed=ctx.cfg.seed, log=ctx.log, extra=extra)
+                       n_boot=rc.bootstrap, seed=ctx.cfg.seed, log=ctx.log, extra=extra, compare=compare)
     return res
 
 

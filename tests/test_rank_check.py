@@ -186,7 +186,7 @@ def _plan(space, seed=0):
 
     class Cfg:
         block_candidates, noise_candidates, networks, matched_groups, matched_size = 6, 2, 5, 1, 3
-        macs_tolerance, noise_networks, found_seeds = 0.05, 1, 2
+        macs_tolerance, noise_networks, found_seeds, found_random = 0.05, 1, 2, 3
 
     found = {"choices": [str(space.candidates(i)[0]) for i in range(space.num_blocks)]}
     from dna_fast.cost import network_cost
@@ -196,8 +196,11 @@ def _plan(space, seed=0):
     for k in range(3):
         ch = [str(space.candidates(i)[k + 1]) for i in range(space.num_blocks)]
         ctl[f"random_{k + 1}"] = {"choices": ch, **{a: int(v) for a, v in network_cost(space, ch, 32, 10).items()}}
-    return rk.build_plan(space, tables, Cfg, seed=seed, image_size=32, num_classes=10, found=found, controls=ctl,
-                         compare={"other": [_table(space, i, 99) for i in range(space.num_blocks)]})
+    return rk.build_plan(space, tables, Cfg, seed=seed, image_size=32, num_classes=10, found=found, controls=ctl)
+
+
+def _other(space):
+    return {"other": [_table(space, i, 99) for i in range(space.num_blocks)]}
 
 
 def _fake_units(plan, rng):
@@ -216,7 +219,12 @@ def _fake_units(plan, rng):
 
 def test_analysis_of_a_made_up_study_and_resume(space, tmp_path):
     plan = _plan(space)
-    assert plan["block_metrics"] == ["loss", "rel_loss", "other:loss", "other:rel_loss", "macs", "params"]
+    assert plan["block_metrics"] == ["loss", "rel_loss", "macs", "params"]
+    with_other = rk.attach_compare(plan, _other(space))
+    assert with_other["block_metrics"] == ["loss", "rel_loss", "other:loss", "other:rel_loss", "macs", "params"]
+    e = with_other["blocks"]["1"][0]
+    assert e["other:loss"] == _other(space)["other"][1].at[e["candidate"], "loss"] and "other:loss" not in \
+        plan["blocks"]["1"][0]
     rng = np.random.default_rng(0)
     train_block, train_net = _fake_units(plan, rng)
     calls = {"block": 0, "net": 0}
@@ -246,7 +254,7 @@ def test_analysis_of_a_made_up_study_and_resume(space, tmp_path):
             p = tmp_path / "blocks" / f"block{spec[0]}" / rk._unit_name(spec[1], spec[2])
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(json.dumps(r))
-    res = rk.refresh(tmp_path, plan, 2, 100, 0)
+    res = rk.refresh(tmp_path, plan, 2, 100, 0, compare=_other(space))
     assert (tmp_path / "blocks.png").is_file() and (tmp_path / "results.json").is_file()
     assert res["complete"] is False and res["status"] == {"done": n_blocks, "total": len(todo),
                                                           "remaining": f"0 block units, {n_nets} networks"}
