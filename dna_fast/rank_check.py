@@ -292,7 +292,7 @@ def train_block_candidate(space: Any, i: int, candidate: str, train: tuple[torch
     n = len(x_tr)
     gen = torch.Generator().manual_seed(seed)
     order, pos, losses = torch.randperm(n, generator=gen), 0, []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     block.train()
     for _ in range(steps):
         if pos + batch_size > n:
@@ -320,7 +320,7 @@ def train_block_candidate(space: Any, i: int, candidate: str, train: tuple[torch
     tail = losses[-max(1, steps // 10):]
     return {"block": i, "candidate": candidate, "cell": cand.cell, "seed": seed, "steps": steps, "lr": lr,
             "val_loss": sse / count, "train_loss_end": float(np.mean(tail)) if tail else None,
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2)}
 
 
 # ---------------------------------------------------------------------------------------------- network level
