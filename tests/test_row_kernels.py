@@ -184,11 +184,11 @@ def test_user_errors():
 
 
 @pytest.mark.parametrize("isa", ["avx2", "best"])
-def test_gemm_kernels_each_isa(isa, monkeypatch):
-    """The GEMM passes (linear_swish, expand_dwconv, linear_sq_err, linear_col_dev) on the AVX2 kernels
-    (DNA_FAST_CPU_ISA=avx2) and on the best this CPU has (AVX-512 where present: nhwc_avx512.h), every column panel
-    (48 / 16 / masked 8) and row tile (8 / 4 / 1) against the references; the AVX-512 kernels must run exactly
-    when the CPU has AVX-512 and they are not turned off."""
+def test_vector_kernels_each_isa(isa, monkeypatch):
+    """The GEMM and depthwise passes (linear_swish, expand_dwconv, linear_sq_err, linear_col_dev, dwconv_bn_act,
+    dwconv_stats) on the AVX2 kernels (DNA_FAST_CPU_ISA=avx2) and on the best this CPU has (AVX-512 where present:
+    nhwc_avx512.h's GEMMs), every column panel (48 / 16 / masked 8) and row tile (8 / 4 / 1), against the
+    references; the AVX-512 kernels must run exactly when the CPU has AVX-512 and they are not turned off."""
     import dna_fast._C as C
 
     if isa == "avx2":
@@ -211,5 +211,13 @@ def test_gemm_kernels_each_isa(isa, monkeypatch):
     wd, sc, sh = torch.randn(360, 1, 5, 5) * 0.3, torch.rand(360) + 0.5, torch.randn(360) * 0.2
     for a, b in zip(ops.expand_dwconv(x, w1, b1, wd, sc, sh, 1), ops.expand_dwconv_reference(x, w1, b1, wd, sc, sh, 1)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    # the depthwise row kernels beside them: every kernel size and stride
+    for c, k, stride in ((24, 3, 1), (40, 5, 2), (360, 7, 1), (8, 3, 2)):
+        x = _cl(torch.randn(2, c, 9, 13))
+        wd, sc, sh = torch.randn(c, 1, k, k) * 0.3, torch.rand(c) + 0.5, torch.randn(c) * 0.2
+        torch.testing.assert_close(ops.dwconv_bn_act(x, wd, sc, sh, stride),
+                                   ops.dwconv_bn_act_reference(x, wd, sc, sh, stride), rtol=1e-5, atol=1e-5)
+        for a, b in zip(ops.dwconv_stats(x, wd, stride), ops.dwconv_stats_reference(x, wd, stride)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
     ran = C.cpu_vector_calls(512) > before
     assert ran == (isa == "best" and C.build_info()["cpu_isa_runtime"] == "avx512")

@@ -8,7 +8,9 @@
 // lanes per 3 weight loads and 8 broadcasts, against 12 FMAs of 8 lanes per 3 loads and 4 broadcasts on AVX2.
 // Columns come in panels of 48, then 16, then a masked panel of 8 (every width here is a multiple of 8).
 // Tuning notes: 4-row tiles were ~10 % slower than 8-row ones at K = 40..240 (fewer FMAs per broadcast); the
-// remainder rows use 4- and 1-row tiles.
+// remainder rows use 4- and 1-row tiles. Tried and not kept: the depthwise row kernel (dw_tile / dw_row) on 16
+// channels + a masked 8: 0.98x / 1.13x / 1.03x on dwconv_bn_act channels_last 16x240x28x28 k3 / k5 / k7 (CPU time,
+// 1 thread, 2026-12-01): the conv is bound by its loads, not its FMA width, so it stays AVX2.
 //
 // DNA_FAST_CPU_ISA=avx2 in the environment (read at each call) turns these kernels off, for A/B runs and tests.
 #pragma once
@@ -49,18 +51,22 @@ inline bool enabled() {
 
 // swish on 16 lanes: nhwc_avx2.h's swish8 (same polynomial, clamp and Newton step; rcp14 as the seed).
 DNA_AVX512_INLINE __m512 swish16(__m512 z) {
+  // NOTE the zero-masking forms with a full mask: the plain _mm512_max_ps & co. pass _mm512_undefined_ps() as their
+  // merge source, which GCC 12's -Wmaybe-uninitialized reports at every inlined call.
+  constexpr __mmask16 all = 0xFFFF;
   __m512 t = _mm512_mul_ps(z, _mm512_set1_ps(-1.44269504088896341f));
-  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-125.f)), _mm512_set1_ps(115.f));
-  const __m512 fn = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  t = _mm512_maskz_min_ps(all, _mm512_maskz_max_ps(all, t, _mm512_set1_ps(-125.f)), _mm512_set1_ps(115.f));
+  const __m512 fn = _mm512_maskz_roundscale_ps(all, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, fn);
   __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.32765e-3f), f, _mm512_set1_ps(9.67554e-3f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550713e-2f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402212e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314694e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001f));
-  const __m512i e2 = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fn), _mm512_set1_epi32(127)), 23);
+  const __m512i e2 = _mm512_maskz_slli_epi32(
+      all, _mm512_add_epi32(_mm512_maskz_cvtps_epi32(all, fn), _mm512_set1_epi32(127)), 23);
   const __m512 d = _mm512_fmadd_ps(p, _mm512_castsi512_ps(e2), _mm512_set1_ps(1.f));
-  __m512 rc = _mm512_rcp14_ps(d);
+  __m512 rc = _mm512_maskz_rcp14_ps(all, d);
   rc = _mm512_mul_ps(rc, _mm512_fnmadd_ps(d, rc, _mm512_set1_ps(2.f)));
   return _mm512_mul_ps(z, rc);
 }
@@ -145,7 +151,9 @@ struct ErrAcc {
     const __m512 e = _mm512_add_ps(_mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, off + i * ldo + 16 * j)),
                                    _mm512_maskz_loadu_ps(m, shift + 16 * j));
     *sq = _mm512_fmadd_ps(e, e, *sq);
-    *ab = _mm512_add_ps(*ab, _mm512_abs_ps(e));
+    // |e| by clearing the sign bit (_mm512_abs_ps's and-with-undefined form also trips -Wmaybe-uninitialized)
+    const __m512i mag = _mm512_and_epi32(_mm512_castps_si512(e), _mm512_set1_epi32(0x7fffffff));
+    *ab = _mm512_add_ps(*ab, _mm512_castsi512_ps(mag));
   }
 };
 
