@@ -1,16 +1,17 @@
 """Builds dna_fast._C with torch.utils.cpp_extension (ninja).
 
 CPU ops always; CUDA ops too when torch is a CUDA build and nvcc is found (TORCH_CUDA_ARCH_LIST, default
-"8.0;9.0"). DNA_FAST_CPU_ONLY=1 forces a CPU-only build; DNA_FAST_DEBUG=1 builds with -O0 -g. A source that
-fails to compile fails the install: there is no silent fallback.
+"8.0;9.0"). DNA_FAST_CPU_ONLY=1 forces a CPU-only build; DNA_FAST_DEBUG=1 builds with -O0 -g. Also
+dna_fast._C_emu: the CUDA launchers compiled against the CPU emulator for the tests (DNA_FAST_NO_EMU=1 skips
+it). A source that fails to compile fails the install: there is no silent fallback.
 """
 
 import glob
 import os
+import shutil
 
 from setuptools import setup
 
-import shutil
 
 # torch guesses CUDA_HOME from `which nvcc`; where that is a wrapper or a symlink (/usr/local/bin/nvcc) the guess
 # misses the toolkit's lib64. Ask nvcc where it lives before torch.utils.cpp_extension reads CUDA_HOME.
@@ -33,7 +34,11 @@ if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and shutil.wh
     if _home:
         os.environ["CUDA_HOME"] = _home
 
-import torch  # noqa: E402
+try:
+    import torch  # noqa: E402
+except ImportError:  # pip's isolated build environment holds no torch (pyproject.toml does not ask for one)
+    raise SystemExit("dna_fast builds its extension against the torch already installed, and none was found: "
+                     "install torch (>= 2.11) first, then `pip install --no-build-isolation .`") from None
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -95,8 +100,23 @@ def _extension():
     return CppExtension("dna_fast._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
 
 
+def _emu_extension():
+    """dna_fast._C_emu: the CUDA launchers of csrc/cuda compiled a second time, as host C++ against the CPU emulator
+    (csrc/tests/cudasim/cudasim.h), registered for CPU tensors as torch.ops.dna_fast_emu.<op>: tests run the whole
+    CUDA code path without a GPU (docs/emulator.md). Needs no nvcc; CUDA's include directory, when present, gives
+    the emulator CUDA's own vector types. A module of its own, symbols hidden, so its host-compiled kernels never
+    meet the nvcc-compiled ones of dna_fast._C. DNA_FAST_NO_EMU=1 skips it."""
+    include_dirs = [os.path.join(ROOT, "csrc", d) for d in ("include", "tests", "cuda")]
+    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_fp16.h")):
+        include_dirs.append(os.path.join(CUDA_HOME, "include"))
+    cxx = ["-O1", "-std=c++20", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-sign-compare"]
+    return CppExtension("dna_fast._C_emu", sorted(glob.glob("csrc/cuda/emu/*.cpp")), include_dirs=include_dirs,
+                        extra_compile_args={"cxx": cxx})
+
+
 setup(
     # DNA_FAST_SKIP_EXT=1: install the Python package only (the Makefile builds the extension in place, incrementally)
-    ext_modules=[] if _flag("DNA_FAST_SKIP_EXT") else [_extension()],
+    ext_modules=[] if _flag("DNA_FAST_SKIP_EXT") else [_extension()] + ([] if _flag("DNA_FAST_NO_EMU")
+                                                                       else [_emu_extension()]),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -75,7 +75,7 @@ def run_mutant(m: tuple, tmp_root: str) -> tuple[str, bool, str]:
         f.write(src.replace(old, new))
     exe = os.path.join(d, test)
     inc = cuda_include()
-    cmd = ["g++", "-std=c++20", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+    cmd = ["g++", "-std=c++20", "-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
            "-I" + os.path.join(d, "cuda"), "-I" + os.path.join(ROOT, "csrc", "tests"),
            "-I" + os.path.join(ROOT, "csrc", "include")] + (["-isystem", inc] if inc else []) + [
         os.path.join(ROOT, "csrc", "tests", "cudasim", test + ".cpp"), "-o", exe]

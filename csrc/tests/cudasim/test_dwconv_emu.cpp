@@ -85,7 +85,7 @@ void run_case(Checker& t, const Case& c) {
             good = false;
           }
         }
-      if (good && c.sums && std::fabs(sums[n * s.C + ch] - total) > 1e-5 * (1 + mag)) {
+      if (good && c.sums && !(std::fabs(sums[n * s.C + ch] - total) <= 1e-5 * (1 + mag))) {
         std::fprintf(stderr, "  sums[%ld, %ld] = %.8g, reference %.8g\n", n, ch, double(sums[n * s.C + ch]), total);
         good = false;
       }

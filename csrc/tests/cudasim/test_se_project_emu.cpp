@@ -41,7 +41,7 @@ void se_gate_case(Checker& t, long N, long C, long R) {
       double a = be[c];
       for (long r = 0; r < R; ++r) a += double(we[c * R + r]) * h[r];
       const double ref = sigmoid(a);
-      if (std::fabs(gate[n * C + c] - ref) > 1e-5 * (1 + std::fabs(ref))) {
+      if (!(std::fabs(gate[n * C + c] - ref) <= 1e-5 * (1 + std::fabs(ref)))) {  // NaN fails
         std::fprintf(stderr, "  gate[%ld, %ld] = %.8g, reference %.8g\n", n, c, double(gate[n * C + c]), ref);
         good = false;
       }
@@ -89,7 +89,7 @@ void pw_case(Checker& t, long N, long Co, long HW, bool cl, bool with_res, bool 
         }
       }
     }
-    if (with_tgt && std::fabs(loss[n] - sq) > 1e-5 * (1 + mag)) {
+    if (with_tgt && !(std::fabs(loss[n] - sq) <= 1e-5 * (1 + mag))) {
       std::fprintf(stderr, "  loss[%ld] = %.8g, reference %.8g\n", n, double(loss[n]), sq);
       good = false;
     }
