@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 COST_METRICS = ("macs", "params")
+MIN_BOOTSTRAP_N = 5  # smallest group a bootstrap interval is given for
 _NOT_METRICS = {"macs", "params", "latency_ms", "in_width", "out_width"}
 
 
@@ -140,7 +141,8 @@ def bootstrap_ci(x: Sequence[float], y: Sequence[float], stat: str = "tau", grou
     Args:
         stat: ``"tau"`` (:func:`stratified_tau`) or ``"rho"`` (:func:`stratified_rho`).
         n_boot: resamples (0: no interval, nan returned); resamples whose statistic is undefined (all tied) are
-            left out.
+            left out. A group of fewer than :data:`MIN_BOOTSTRAP_N` pairs gives no interval (nan): resampling 3 or
+            4 points says nothing about the uncertainty.
         seed: the interval is a pure function of the data and the seed.
 
     Returns:
@@ -148,7 +150,7 @@ def bootstrap_ci(x: Sequence[float], y: Sequence[float], stat: str = "tau", grou
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     gs = [g for g in _groups(groups, len(x)) if len(g) > (1 if stat == "tau" else 2)]
-    if n_boot <= 0 or not gs:
+    if n_boot <= 0 or not gs or min(map(len, gs)) < MIN_BOOTSTRAP_N:
         return float("nan"), float("nan")
     boot = _boot_indices(gs, n_boot, seed)
     if stat == "tau":
@@ -580,8 +582,9 @@ def write_section(results: dict, path: str | Path | None = None) -> str:
     L.append(f"{'Complete' if results.get('complete') else 'PARTIAL'}: {st.get('done', '?')} of "
              f"{st.get('total', '?')} stand-alone trainings finished"
              + ("" if results.get("complete") else f" (remaining: {st.get('remaining', '?')})") + ".")
-    L += ["", "Kendall tau-b (95 % bootstrap interval) between the predictor and stand-alone training; positive = "
-          "ranks correctly. Pooled: pairs within one block (or one cell) only.", ""]
+    L += ["", "Kendall tau-b (95 % bootstrap interval; none for groups of fewer than "
+          f"{MIN_BOOTSTRAP_N}) between the predictor and stand-alone training; positive = ranks correctly. Pooled: "
+          "pairs within one block (or one cell) only.", ""]
     bl = results.get("block_level", {})
     metrics = results.get("block_metrics", [])
     if bl.get("per_block"):
@@ -608,7 +611,7 @@ def write_section(results: dict, path: str | Path | None = None) -> str:
         L += ["![rating vs stand-alone loss](rank_check/blocks.png)", ""]
     nl = results.get("network_level", {})
     nm = results.get("network_metrics", [])
-    if nl:
+    if nl.get("planned"):
         L += ["### Network level: summed rating vs test accuracy", "",
               f"{nl.get('done', 0)} of {nl.get('planned', 0)} architectures trained.", ""]
         if nl.get("all"):

@@ -85,6 +85,9 @@ def test_bootstrap_matches_plain_resampling_and_is_seeded():
     assert rk.bootstrap_ci(x, y, "tau", n_boot=n_boot, seed=seed + 1) != (lo, hi)
     assert lo < rk.kendall_tau(x, y) < hi
     assert rk.bootstrap_ci(np.arange(10), np.arange(10) ** 2, n_boot=100) == (1.0, 1.0)
+    # too few points (or a group too small) for a bootstrap to mean anything: no interval
+    assert all(math.isnan(v) for v in rk.bootstrap_ci(np.arange(4), np.arange(4), n_boot=100))
+    assert all(math.isnan(v) for v in rk.bootstrap_ci(np.arange(12), np.arange(12), groups=[0] * 8 + [1] * 4))
     with pytest.raises(ValueError, match="tau' or 'rho"):
         rk.bootstrap_ci(x, y, "pearson", n_boot=10)
 
