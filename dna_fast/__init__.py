@@ -42,6 +42,13 @@ __all__ = ["__version__", "backend_info", "models", *_EXPORTS]
 # `import dna_fast` is enough. It loads timm, which everything past the ops needs anyway.
 from . import models  # noqa: E402
 
+# NOTE: `distill` and `search` name both a function and its module. Importing a submodule binds the package
+# attribute to the module (so after `import dna_fast.search`, a lazy export would return the module). Bind these two
+# functions now, after their modules load: a later `import dna_fast.search` finds the module in sys.modules and
+# leaves the attribute alone. Both modules are light once timm is loaded (~0.06 s).
+from .distill import distill  # noqa: E402, F401
+from .search import search  # noqa: E402, F401
+
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)

@@ -148,3 +148,15 @@ def test_graph_sees_function_level_imports(tmp_path):
 ])
 def test_cycles_reference(edges, expected):
     assert cycles(edges) == expected
+
+
+def test_function_exports_survive_submodule_imports():
+    """`dna_fast.search` / `dna_fast.distill` stay the functions after their submodules are imported by name."""
+    import importlib
+
+    import dna_fast
+
+    for name in ("search", "distill"):
+        importlib.import_module(f"dna_fast.{name}")
+        assert callable(getattr(dna_fast, name)) and not isinstance(getattr(dna_fast, name), type(dna_fast)), name
+        assert getattr(dna_fast, name).__module__ == f"dna_fast.{name}"
