@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import perturb_bn as _perturb_bn
 from torch import nn
 
 from dna_fast import _rating_engine, ops
@@ -35,25 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Every test on one thread (conftest's ``one_thread``)."""
-
-
-def _perturb_bn(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
-
-
-@pytest.fixture(scope="module")
-def mini():
-    torch.manual_seed(0)
-    sn = Supernet("dna_mini").eval()
-    _perturb_bn(sn)
-    return sn
 
 
 @pytest.fixture()

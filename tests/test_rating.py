@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import perturb_bn as _perturb_bn
 from torch import nn
 
 from dna_fast.cost import candidate_cost
@@ -19,18 +20,6 @@ from dna_fast.supernet import Supernet
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Every rating test on one thread (the shared ``one_thread`` fixture of conftest.py)."""
-
-
-def _perturb_bn(model: nn.Module, seed: int = 0) -> None:
-    """Make the stored BN statistics and affine parameters matter (fresh BNs are the identity)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
 
 
 def _data(space: SearchSpace, i: int, image_size, batch: int, n: int, seed: int, calib: int = 0,
@@ -66,14 +55,6 @@ def _assert_same(fast: pd.DataFrame, ref: pd.DataFrame, rtol: float = EXACT_RTOL
         assert rel.max() <= rtol, f"{col}: max relative difference {rel.max():.3g} at {fast.index[int(rel.argmax())]}"
     for c in ("params", "macs"):
         assert (fast[c].to_numpy() == ref[c].to_numpy()).all()
-
-
-@pytest.fixture(scope="module")
-def mini():
-    torch.manual_seed(0)
-    sn = Supernet("dna_mini").eval()
-    _perturb_bn(sn)
-    return sn
 
 
 @pytest.mark.parametrize("with_calib", [False, True], ids=["stored-bn", "calib"])

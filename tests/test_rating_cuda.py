@@ -11,12 +11,11 @@ import pytest
 import torch
 from conftest import HAS_GPU_OPS
 from scipy.stats import kendalltau
-from test_rating import _assert_same, _data, _perturb_bn
+from test_rating import _assert_same, _data
 
 from dna_fast import _rating_kernels as rk
 from dna_fast import ops
 from dna_fast.rating import rate_block, rate_block_naive
-from dna_fast.supernet import Supernet
 
 HAS_EMU = rk.has_emulated_kernels()
 needs_emu = pytest.mark.skipif(not HAS_EMU, reason="extension built without the emulated CUDA operators")
@@ -124,14 +123,6 @@ def test_emulated_ops_clear_errors():
 
 
 # ---- the engine's CUDA path end to end ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mini():
-    torch.manual_seed(0)
-    sn = Supernet("dna_mini").eval()
-    _perturb_bn(sn)
-    return sn
 
 
 def _subset(space, i: int) -> list[int]:
