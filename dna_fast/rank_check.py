@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -244,23 +246,27 @@ def select_block_candidates(space: Any, i: int, table: Any, m: int, metric: str 
 
 
 # ---------------------------------------------------------------------------------------------- block level
-def block_features(teacher: nn.Module, loader: Any, i: int, num_images: int, device: Any) -> tuple[torch.Tensor,
-                                                                                                     torch.Tensor]:
-    """(block input, teacher target) of block ``i`` for the first ``num_images`` images of ``loader`` (on CPU)."""
-    xs, ts, n = [], [], 0
+def block_features(teacher: nn.Module, loader: Any, blocks: Sequence[int], num_images: int, device: Any
+                   ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """block -> (block input, teacher target) for the first ``num_images`` images of ``loader`` (on CPU), for every
+    block in ``blocks`` from one pass of the teacher."""
+    blocks = sorted(set(int(b) for b in blocks))
+    xs: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
+    ts: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
+    n = 0
     loader.set_epoch(0)
     teacher.eval()
     with torch.no_grad():
         for images, _ in loader:
             images = images.to(device)
-            feats = teacher(images, upto=i + 1)
-            x, t = (images if i == 0 else feats[i - 1]), feats[i]
-            xs.append(x.float().cpu())
-            ts.append(t.float().cpu())
+            feats = teacher(images, upto=blocks[-1] + 1)
+            for i in blocks:
+                xs[i].append((images if i == 0 else feats[i - 1]).float().cpu())
+                ts[i].append(feats[i].float().cpu())
             n += len(images)
             if n >= num_images:
                 break
-    return torch.cat(xs)[:num_images], torch.cat(ts)[:num_images]
+    return {i: (torch.cat(xs[i])[:num_images], torch.cat(ts[i])[:num_images]) for i in blocks}
 
 
 def _fresh_block(space: Any, i: int, seed: int) -> nn.Module:
@@ -891,29 +897,90 @@ def refresh(out_dir: Path, plan: dict, noise_seeds: int, n_boot: int, seed: int,
     return res
 
 
+def _claim_path(out_dir: Path, kind: str, spec: Any) -> Path:
+    if kind == "block":
+        b, c, s = spec
+        return out_dir / "claims" / f"block{b}_{_unit_name(c, s)[:-5]}.claim"
+    name, _, s = spec
+    return out_dir / "claims" / f"net_{_SAFE.sub('_', name)}_s{s}.claim"
+
+
+def _claim_holder_alive(text: str) -> bool:
+    """Whether the process named by a claim (``pid@host``) still runs; a claim from another host, or one still
+    being written, counts as alive."""
+    pid, _, host = text.strip().partition("@")
+    if not pid.isdigit() or host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_unit(out_dir: Path, kind: str, spec: Any) -> Path | None:
+    """Claims a unit for this process (a file ``rank_check/claims/<unit>.claim`` made with O_EXCL), so that several
+    processes can work through one study without training a unit twice. Returns the claim's path, or None when
+    another live process holds it. A claim left by a process that died (same host, pid gone) is taken over."""
+    p = _claim_path(out_dir, kind, spec)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                text = p.read_text()
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            if _claim_holder_alive(text):
+                return None
+            p.unlink(missing_ok=True)  # stale: its process died
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}@{socket.gethostname()}")
+        return p
+    return None
+
+
 def run_units(out_dir: Path, plan: dict, noise_seeds: int, *, train_block: Callable[[int, str, int], dict],
               train_net: Callable[[str, dict, int], dict], n_boot: int, seed: int, log: Callable[[str], None],
               extra: dict | None = None, plots: bool = True, compare: dict[str, Sequence[Any]] | None = None
               ) -> dict[str, Any]:
     """Runs every unit not done yet (each result written as it finishes), refreshing the results after each
-    (the plots after every 8th and the last, unless ``plots`` is false)."""
+    (the plots after every 8th and the last, unless ``plots`` is false).
+
+    Several processes may run this on one folder at once (``rank_check.workers``): each unit is claimed first
+    (:func:`claim_unit`) and skipped when another process holds it, so every unit is trained once.
+    """
     todo = units(plan, noise_seeds)
     left = [u for u in todo if not unit_done(out_dir, *u)]
     log(f"[rank_check] {len(todo) - len(left)} of {len(todo)} units done before; {len(left)} to run")
-    for n, (kind, spec) in enumerate(left):
-        t0 = time.perf_counter()
-        if kind == "block":
-            b, c, s = spec
-            r = train_block(b, c, s)
-            p = out_dir / "blocks" / f"block{b}" / _unit_name(c, s)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(p, r)
-            log(f"[rank_check] {n + 1}/{len(left)} block {b} {c} seed {s}: val loss {r['val_loss']:.4g} "
-                f"({time.perf_counter() - t0:.1f} s)")
-        else:
-            name, entry, s = spec
-            r = train_net(name, entry, s)
-            log(f"[rank_check] {n + 1}/{len(left)} network {name} seed {s}: acc {r['acc']:.2f} % "
-                f"({time.perf_counter() - t0:.1f} s)")
-        refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots and (n + 1) % 8 == 0, compare=compare)
+    ran = 0
+    for kind, spec in left:
+        claim = claim_unit(out_dir, kind, spec)
+        if claim is None:
+            continue  # another worker trains it
+        try:
+            if unit_done(out_dir, kind, spec):  # finished by another worker since the list was made
+                continue
+            t0 = time.perf_counter()
+            if kind == "block":
+                b, c, s = spec
+                r = train_block(b, c, s)
+                p = out_dir / "blocks" / f"block{b}" / _unit_name(c, s)
+                p.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(p, r)
+                what = f"block {b} {c} seed {s}: val loss {r['val_loss']:.4g}"
+            else:
+                name, entry, s = spec
+                r = train_net(name, entry, s)
+                what = f"network {name} seed {s}: acc {r['acc']:.2f} %"
+        finally:
+            claim.unlink(missing_ok=True)
+        ran += 1
+        done = sum(unit_done(out_dir, k, sp) for k, sp in todo)
+        log(f"[rank_check] {done}/{len(todo)} {what} ({time.perf_counter() - t0:.1f} s)")
+        refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots and ran % 8 == 0, compare=compare)
     return refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots, compare=compare)

@@ -714,7 +714,7 @@ def _rank_check_key(cfg: RunConfig) -> dict:
     import dataclasses
 
     return {k: v for k, v in dataclasses.asdict(cfg.rank_check).items()
-            if k not in ("enabled", "analyze_only", "bootstrap", "compare")}
+            if k not in ("enabled", "analyze_only", "bootstrap", "compare", "workers")}
 
 
 def _check_rank_check_plan(ctx: Context) -> None:
@@ -780,7 +780,7 @@ def stage_rank_check(ctx: Context) -> dict:
         block_steps = ctx.cfg.distill.epochs * min(per_epoch, ctx.cfg.distill.max_steps_per_epoch or per_epoch)
     extra = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
              "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file()
-             else None, "threads": torch.get_num_threads(), "data": d.backend, "network_eval_split": eval_split,
+             else None, "threads": torch.get_num_threads(), "workers": rc.workers, "data": d.backend, "network_eval_split": eval_split,
              "block_steps": block_steps, "distill_sampling": ctx.cfg.distill.sampling, "run_dir": str(ctx.run_dir)}
     if rc.analyze_only:
         res = rk.refresh(out, plan, rc.noise_seeds, rc.bootstrap, ctx.cfg.seed, extra, compare=compare)
@@ -788,13 +788,15 @@ def stage_rank_check(ctx: Context) -> dict:
         return res
     teacher = build_teacher(ctx).to(ctx.device).eval()
     feats: dict[int, Any] = {}
+    left_blocks = sorted({spec[0] for kind, spec in rk.units(plan, rc.noise_seeds)
+                          if kind == "block" and not rk.unit_done(out, kind, spec)})
+    if left_blocks:  # one teacher pass for every block (before the workers fork, who share it)
+        bs = rc.block_batch_size
+        tr = rk.block_features(teacher, ctx.loader("train", bs), left_blocks, rc.block_train_images, ctx.device)
+        va = rk.block_features(teacher, ctx.loader("val", bs), left_blocks, rc.block_val_images, ctx.device)
+        feats.update({b: (tr[b], va[b]) for b in left_blocks})
 
     def train_block(b: int, cand: str, seed: int) -> dict:
-        if b not in feats:
-            feats.clear()  # one block's features in memory at a time
-            bs = rc.block_batch_size
-            feats[b] = (rk.block_features(teacher, ctx.loader("train", bs), b, rc.block_train_images, ctx.device),
-                        rk.block_features(teacher, ctx.loader("val", bs), b, rc.block_val_images, ctx.device))
         tr, va = feats[b]
         return rk.train_block_candidate(space, b, cand, tr, va, steps=block_steps, lr=rc.block_lr,
                                         batch_size=rc.block_batch_size, seed=seed, device=ctx.device)
@@ -816,9 +818,48 @@ def stage_rank_check(ctx: Context) -> dict:
         return train_model(model, tl, eval_loader, out / "networks" / f"{name}_s{seed}", cfg=rcfg, device=ctx.device,
                            meta=meta, log=lambda s: None)
 
-    res = rk.run_units(out, plan, rc.noise_seeds, train_block=train_block, train_net=train_net,
-                       n_boot=rc.bootstrap, seed=ctx.cfg.seed, log=ctx.log, extra=extra, compare=compare)
-    return res
+    def work(log: Callable[[str], None], plots: bool) -> dict:
+        return rk.run_units(out, plan, rc.noise_seeds, train_block=train_block, train_net=train_net,
+                            n_boot=rc.bootstrap, seed=ctx.cfg.seed, log=log, extra=extra, plots=plots,
+                            compare=compare)
+
+    return _run_workers(ctx, work, rc.workers)
+
+
+def _run_workers(ctx: Context, work: Callable[[Callable[[str], None], bool], dict], workers: int) -> dict:
+    """Runs ``work`` in ``workers`` processes (forked, sharing what is already in memory; the run's threads shared
+    out among them; claims keep them off each other's units) and once more in this one for the final results."""
+    import multiprocessing as mp
+
+    import torch
+
+    if workers > 1 and (ctx.device.type != "cpu" or "fork" not in mp.get_all_start_methods()):
+        ctx.log(f"[rank_check] rank_check.workers={workers} needs the CPU and fork(): one process")
+        workers = 1
+    if workers == 1:
+        return work(ctx.log, True)
+    threads = max(1, torch.get_num_threads() // workers)
+    fork = mp.get_context("fork")
+    procs = []
+    for k in range(1, workers):
+        def child(k: int = k) -> None:
+            torch.set_num_threads(threads)
+            work(lambda s: ctx.log(f"{s} [worker {k + 1}]"), False)
+        procs.append(fork.Process(target=child, name=f"rank_check-{k + 1}"))
+        procs[-1].start()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        work(lambda s: ctx.log(f"{s} [worker 1]"), False)
+    finally:
+        for p in procs:
+            p.join()
+        torch.set_num_threads(old)
+    failed = [p.name for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"rank_check: worker(s) {', '.join(failed)} failed (see above); what they finished is "
+                           "kept: rerun the same command to continue")
+    return work(ctx.log, True)
 
 
 _RUNNERS: dict[str, Callable[[Context], Any]] = {

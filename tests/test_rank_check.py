@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -288,6 +289,74 @@ def test_analysis_of_a_made_up_study_and_resume(space, tmp_path):
     assert any("block level" in ln for ln in rk.closing_lines(again))
 
 
+def test_workers_share_a_study_without_training_a_unit_twice(space, tmp_path):
+    """Two processes run one study at once: every unit trained exactly once (claims), the results complete."""
+    import multiprocessing as mp
+    import time
+
+    plan = _plan(space)
+    train_block, train_net = _fake_units(plan, np.random.default_rng(0))
+    log = tmp_path / "trained.log"
+
+    def record(what):
+        with open(log, "a") as f:  # one short append per unit: atomic on a local file system
+            f.write(f"{what} {os.getpid()}\n")
+        time.sleep(0.01)
+
+    def tb(b, c, s):
+        record(f"block{b}/{c}/{s}")
+        return train_block(b, c, s)
+
+    def tn(name, entry, s):
+        record(f"net/{name}/{s}")
+        r = train_net(name, entry, s)
+        q = tmp_path / "networks" / f"{name}_s{s}" / "metrics.json"
+        q.parent.mkdir(parents=True)
+        q.write_text(json.dumps(r))
+        return r
+
+    def work():
+        rk.run_units(tmp_path, plan, 2, train_block=tb, train_net=tn, n_boot=20, seed=0, log=lambda s: None,
+                     plots=False)
+
+    procs = [mp.get_context("fork").Process(target=work) for _ in range(2)]
+    for q in procs:
+        q.start()
+    for q in procs:
+        q.join()
+    assert [q.exitcode for q in procs] == [0, 0]
+    lines = log.read_text().split()
+    names, pids = lines[0::2], set(lines[1::2])
+    todo = rk.units(plan, noise_seeds=2)
+    assert sorted(names) == sorted({n for n in names}) and len(names) == len(todo)  # each unit once, all of them
+    assert len(pids) == 2  # both worked
+    assert not list((tmp_path / "claims").iterdir())  # every claim released
+    res = rk.run_units(tmp_path, plan, 2, train_block=tb, train_net=tn, n_boot=20, seed=0, log=lambda s: None,
+                       plots=False)
+    assert res["complete"] is True and len(log.read_text().split()) == 2 * len(todo)  # nothing left to train
+
+
+def test_claims_of_live_dead_and_foreign_processes(space, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    spec = ("block", (0, "d1w16:ir_k3_e3_se0.25", 0))
+    first = rk.claim_unit(tmp_path, *spec)
+    assert first is not None and first.read_text() == f"{os.getpid()}@{socket.gethostname()}"
+    assert rk.claim_unit(tmp_path, *spec) is None  # held by a live process (this one)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    first.write_text(f"{int(dead.stdout)}@{socket.gethostname()}")  # its process has exited: stale
+    again = rk.claim_unit(tmp_path, *spec)
+    assert again == first and again.read_text().startswith(f"{os.getpid()}@")
+    again.write_text("12345@another-host")  # cannot tell whether it lives: left alone
+    assert rk.claim_unit(tmp_path, *spec) is None
+    again.write_text("")  # being written by its owner: left alone
+    assert rk.claim_unit(tmp_path, *spec) is None
+    net = ("net", ("random_1", {}, 3))
+    assert rk.claim_unit(tmp_path, *net).name == "net_random_1_s3.claim"
+
+
 # ---------------------------------------------------------------------------------------------- the stage
 TINY_STUDY = [
     "threads=1", "data.backend=fashion_mnist", "data.fallback=null", "data.batch_size=20", "data.val_batch_size=40",
@@ -321,7 +390,8 @@ def test_stage_runs_resumes_and_reanalyzes(tmp_path, capsys):
     _tiny_fashion(tmp_path / "data")
     run_dir = tmp_path / "run"
     tiny = [*TINY_STUDY, f"data.root={tmp_path / 'data'}"]
-    assert train.main(["--run-dir", str(run_dir), "--stages", "teacher,distill,rate,search,rank_check", *tiny]) == 0
+    assert train.main(["--run-dir", str(run_dir), "--stages", "teacher,distill,rate,search,rank_check", *tiny,
+                       "threads=2", "rank_check.workers=2"]) == 0  # two forked workers share the units
     out = capsys.readouterr().out
     assert "Ranking check (rank_check/results.json" in out
     rc_dir = run_dir / "rank_check"
@@ -331,7 +401,8 @@ def test_stage_runs_resumes_and_reanalyzes(tmp_path, capsys):
     assert set(res["block_level"]["per_block"]) == {"0", "1", "2", "3"}
     assert {"loss", "macs", "params"} <= set(res["block_level"]["pooled"])
     assert res["network_level"]["done"] == 2 and res["found_vs_random"]["verdict"]
-    assert res["machine"] and res["date"] and res["block_steps"] == 3
+    assert res["machine"] and res["date"] and res["block_steps"] == 3 and res["workers"] == 2
+    assert not list((rc_dir / "claims").iterdir())
     plan = json.loads((rc_dir / "plan.json").read_text())
     assert all(len(v) == 3 for v in plan["blocks"].values())
     for name, e in plan["networks"].items():  # the plan's costs are the networks' real costs
@@ -339,7 +410,7 @@ def test_stage_runs_resumes_and_reanalyzes(tmp_path, capsys):
         assert m["macs"] == e["macs"] and m["eval_split"] == "test" and m["n_val"] == 30
     stamps = {p: p.stat().st_mtime_ns for p in rc_dir.rglob("*") if p.suffix in (".json", ".pth")
               and p.name not in ("results.json",)}
-    assert train.main(["--run-dir", str(run_dir), "--stages", "rank_check", *tiny]) == 0
+    assert train.main(["--run-dir", str(run_dir), "--stages", "rank_check", *tiny]) == 0  # workers=1: same plan
     assert "0 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     # other settings than the plan's: refused, nothing changed
