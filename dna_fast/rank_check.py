@@ -143,8 +143,9 @@ def bootstrap_ci(x: Sequence[float], y: Sequence[float], stat: str = "tau", grou
     Args:
         stat: ``"tau"`` (:func:`stratified_tau`) or ``"rho"`` (:func:`stratified_rho`).
         n_boot: resamples (0: no interval, nan returned); resamples whose statistic is undefined (all tied) are
-            left out. A group of fewer than :data:`MIN_BOOTSTRAP_N` pairs gives no interval (nan): resampling 3 or
-            4 points says nothing about the uncertainty.
+            left out. Without a group of at least :data:`MIN_BOOTSTRAP_N` pairs there is no interval (nan):
+            resampling 3 or 4 points says nothing about the uncertainty. Smaller groups next to such a group (a
+            pooled statistic over cells of 3 and 8 candidates) are resampled too: they add their few pairs.
         seed: the interval is a pure function of the data and the seed.
 
     Returns:
@@ -152,7 +153,7 @@ def bootstrap_ci(x: Sequence[float], y: Sequence[float], stat: str = "tau", grou
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     gs = [g for g in _groups(groups, len(x)) if len(g) > (1 if stat == "tau" else 2)]
-    if n_boot <= 0 or not gs or min(map(len, gs)) < MIN_BOOTSTRAP_N:
+    if n_boot <= 0 or not gs or max(map(len, gs)) < MIN_BOOTSTRAP_N:
         return float("nan"), float("nan")
     boot = _boot_indices(gs, n_boot, seed)
     if stat == "tau":

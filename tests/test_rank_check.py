@@ -86,9 +86,23 @@ def test_bootstrap_matches_plain_resampling_and_is_seeded():
     assert rk.bootstrap_ci(x, y, "tau", n_boot=n_boot, seed=seed + 1) != (lo, hi)
     assert lo < rk.kendall_tau(x, y) < hi
     assert rk.bootstrap_ci(np.arange(10), np.arange(10) ** 2, n_boot=100) == (1.0, 1.0)
-    # too few points (or a group too small) for a bootstrap to mean anything: no interval
+    # too few points (no group of 5) for a bootstrap to mean anything: no interval
     assert all(math.isnan(v) for v in rk.bootstrap_ci(np.arange(4), np.arange(4), n_boot=100))
-    assert all(math.isnan(v) for v in rk.bootstrap_ci(np.arange(12), np.arange(12), groups=[0] * 8 + [1] * 4))
+    assert all(math.isnan(v) for v in rk.bootstrap_ci(np.arange(8), np.arange(8), groups=[0] * 4 + [1] * 4))
+    # a small group next to a big one is resampled with it (pooled within cells of 8 and 4)
+    g = np.array([0] * 8 + [1] * 4)
+    xs, ys = _data(12, 3)
+    lo, hi = rk.bootstrap_ci(xs, ys, groups=g, n_boot=200, seed=2)
+    rng = np.random.default_rng(2)
+    draws = [idx[rng.integers(0, len(idx), size=(200, len(idx)))] for idx in (np.arange(8), np.arange(8, 12))]
+    plain = []
+    for r in range(200):  # plain loop: each group resampled within itself, the pairs of both groups pooled
+        b = np.concatenate([d[r] for d in draws])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            plain.append(_plain_stratified_tau(xs[b], ys[b], g))
+    plain = np.array(plain)[~np.isnan(plain)]
+    assert (lo, hi) == pytest.approx((np.quantile(plain, 0.025), np.quantile(plain, 0.975)), abs=1e-12)
+    assert lo <= rk.stratified_tau(xs, ys, g) <= hi
     with pytest.raises(ValueError, match="tau' or 'rho"):
         rk.bootstrap_ci(x, y, "pearson", n_boot=10)
 
