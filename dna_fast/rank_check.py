@@ -45,7 +45,8 @@ from torch import nn
 from ._io import atomic_write_json, atomic_write_text
 
 __all__ = [
-    "kendall_tau", "spearman_rho", "stratified_tau", "stratified_rho", "bootstrap_ci", "rank_stats",
+    "kendall_tau", "spearman_rho", "stratified_tau", "stratified_rho", "bootstrap_ci", "bootstrap_diff_ci",
+    "rank_stats",
     "select_block_candidates", "train_block_candidate", "rating_metrics", "select_networks", "seed_noise",
     "found_vs_random", "analyze", "write_section", "closing_lines", "attach_compare", "COST_METRICS",
 ]
@@ -152,29 +153,55 @@ def bootstrap_ci(x: Sequence[float], y: Sequence[float], stat: str = "tau", grou
         ``(low, high)``.
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
-    gs = [g for g in _groups(groups, len(x)) if len(g) > (1 if stat == "tau" else 2)]
-    if n_boot <= 0 or not gs or max(map(len, gs)) < MIN_BOOTSTRAP_N:
+    boot = _resamples(len(x), stat, groups, n_boot, seed)
+    if boot is None:
         return float("nan"), float("nan")
-    boot = _boot_indices(gs, n_boot, seed)
+    return _interval(_boot_values(x, y, stat, boot), level)
+
+
+def bootstrap_diff_ci(x1: Sequence[float], x2: Sequence[float], y: Sequence[float], stat: str = "tau",
+                      groups: Sequence[Any] | None = None, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+                      ) -> tuple[float, float]:
+    """Paired percentile-bootstrap interval of ``stat(x1, y) - stat(x2, y)``: both predictors scored on the same
+    resamples, so the interval says whether ``x1`` ranks ``y`` better than ``x2`` beyond the sampling noise (an
+    interval above 0) rather than comparing two overlapping intervals. Same rules as :func:`bootstrap_ci`."""
+    x1, x2, y = np.asarray(x1, float), np.asarray(x2, float), np.asarray(y, float)
+    boot = _resamples(len(y), stat, groups, n_boot, seed)
+    if boot is None:
+        return float("nan"), float("nan")
+    return _interval(_boot_values(x1, y, stat, boot) - _boot_values(x2, y, stat, boot), level)
+
+
+def _resamples(n: int, stat: str, groups: Sequence[Any] | None, n_boot: int, seed: int) -> list[np.ndarray] | None:
+    if stat not in ("tau", "rho"):
+        raise ValueError(f"stat must be 'tau' or 'rho', got {stat!r}")
+    gs = [g for g in _groups(groups, n) if len(g) > (1 if stat == "tau" else 2)]
+    if n_boot <= 0 or not gs or max(map(len, gs)) < MIN_BOOTSTRAP_N:
+        return None
+    return _boot_indices(gs, n_boot, seed)
+
+
+def _boot_values(x: np.ndarray, y: np.ndarray, stat: str, boot: list[np.ndarray]) -> np.ndarray:
+    """The (stratified) statistic of every resample (nan where undefined)."""
     if stat == "tau":
         s = nx = ny = 0.0
         for b in boot:
             a, c, d = _pair_sums(x[b], y[b])
             s, nx, ny = s + a, nx + c, ny + d
         with np.errstate(invalid="ignore", divide="ignore"):
-            vals = np.where(nx * ny > 0, s / np.sqrt(nx * ny), np.nan)
-    elif stat == "rho":
-        num = np.zeros(n_boot)
-        den = np.zeros(n_boot)
-        for b in boot:
-            r = _pearson_rows(_ranks(x[b]), _ranks(y[b]))
-            ok = ~np.isnan(r)
-            num[ok] += (b.shape[1] - 1) * r[ok]
-            den[ok] += b.shape[1] - 1
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vals = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-    else:
-        raise ValueError(f"stat must be 'tau' or 'rho', got {stat!r}")
+            return np.where(nx * ny > 0, s / np.sqrt(nx * ny), np.nan)
+    num = np.zeros(len(boot[0]))
+    den = np.zeros(len(boot[0]))
+    for b in boot:
+        r = _pearson_rows(_ranks(x[b]), _ranks(y[b]))
+        ok = ~np.isnan(r)
+        num[ok] += (b.shape[1] - 1) * r[ok]
+        den[ok] += b.shape[1] - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _interval(vals: np.ndarray, level: float) -> tuple[float, float]:
     vals = vals[~np.isnan(vals)]
     if not len(vals):
         return float("nan"), float("nan")
@@ -468,12 +495,22 @@ def _orient(metric: str, values: Sequence[float]) -> np.ndarray:
 
 def _metric_stats(rows: list[dict], metrics: list[str], truth: np.ndarray, groups: Any, n_boot: int, seed: int
                   ) -> dict[str, Any]:
+    """rank_stats of every metric the rows hold; for a rating also ``minus_macs``: its tau minus the MACs proxy's,
+    with a paired bootstrap interval (:func:`bootstrap_diff_ci`, same resamples for both)."""
     out = {}
+    pred = {}
     for j, m in enumerate(metrics):
         vals = [r.get(m) for r in rows]
         if any(v is None for v in vals):
             continue
-        out[m] = rank_stats(_orient(m, vals), truth, groups, n_boot, seed + 10 * j)
+        pred[m] = _orient(m, vals)
+        out[m] = rank_stats(pred[m], truth, groups, n_boot, seed + 10 * j)
+    if "macs" in out:
+        for m in out:
+            if m in COST_METRICS or out[m]["tau"] is None or out["macs"]["tau"] is None:
+                continue
+            lo, hi = bootstrap_diff_ci(pred[m], pred["macs"], truth, "tau", groups, n_boot, seed + 7)
+            out[m]["minus_macs"] = {"tau": _num(out[m]["tau"] - out["macs"]["tau"]), "tau_ci": [_num(lo), _num(hi)]}
     return out
 
 
@@ -582,6 +619,11 @@ def _fmt_rho(s: dict | None) -> str:
     return f"{s['rho']:+.2f}{ci}"
 
 
+def _fmt_diffs(stats: dict, metrics: Sequence[str]) -> str:
+    return "; ".join(f"{m} {_fmt_stat(stats[m]['minus_macs'])}" for m in metrics
+                     if m in stats and stats[m].get("minus_macs"))
+
+
 def write_section(results: dict, path: str | Path | None = None) -> str:
     """Markdown of ``results`` (tables of tau / rho with 95 % intervals); written to ``path`` when given."""
     L = ["## Ranking check", ""]
@@ -615,6 +657,11 @@ def write_section(results: dict, path: str | Path | None = None) -> str:
         if bl.get("pooled"):
             L += ["Spearman rho, pooled (all cells): " + "; ".join(f"{m} {_fmt_rho(bl['pooled'].get(m))}"
                                                                   for m in metrics), ""]
+            for key, label in (("pooled", "pooled (all cells)"), ("pooled_within_cells", "pooled within cells")):
+                diffs = _fmt_diffs(bl.get(key) or {}, metrics)
+                if diffs:
+                    L += [f"Rating tau minus the MACs proxy's, {label} (paired bootstrap; an interval above 0 = "
+                          f"ranks better than MACs): {diffs}", ""]
         L += ["![rating vs stand-alone loss](rank_check/blocks.png)", ""]
     nl = results.get("network_level", {})
     nm = results.get("network_metrics", [])
@@ -629,6 +676,9 @@ def write_section(results: dict, path: str | Path | None = None) -> str:
                 L.append("| within MACs-matched groups | " + " | ".join(
                     _fmt_stat(nl["within_matched_groups"].get(m)) for m in nm) + " |")
             L.append("")
+            diffs = _fmt_diffs(nl["all"], nm)
+            if diffs:
+                L += [f"Summed rating tau minus the MACs proxy's (paired bootstrap): {diffs}", ""]
         sn = nl.get("seed_noise", {}).get("pooled_std")
         if sn is not None:
             L += [f"Seed noise of the test accuracy: pooled std {sn:.2f} points; accuracy range "
@@ -656,7 +706,12 @@ def _judge(s: dict | None, ref: dict | None, what: str, ref_what: str) -> str:
     if lo is None:
         return txt
     txt += "; above zero" if lo > 0 else "; NOT distinguishable from zero at this size"
-    if ref and ref.get("tau") is not None and ref["tau_ci"][1] is not None:
+    d = s.get("minus_macs")
+    if ref_what == "MACs" and d and d["tau_ci"][0] is not None:  # the paired difference decides
+        txt += (f"; beats {ref_what} ({_fmt_stat(ref)}; difference {_fmt_stat(d)})" if d["tau_ci"][0] > 0
+                else f"; does NOT beat {ref_what} ({_fmt_stat(ref)}) beyond sampling noise "
+                     f"(difference {_fmt_stat(d)}, paired bootstrap)")
+    elif ref and ref.get("tau") is not None and ref["tau_ci"][1] is not None:
         txt += (f"; beats {ref_what} ({_fmt_stat(ref)})" if lo > ref["tau_ci"][1]
                 else f"; does NOT beat {ref_what} ({_fmt_stat(ref)}) beyond the intervals")
     return txt
@@ -676,8 +731,11 @@ def closing_lines(results: dict, cfg: Any = None) -> list[str]:
                              (bl.get("pooled_within_cells") or {}).get("macs"),
                              "block level, within cells", "MACs"))
     nl = results.get("network_level", {})
-    out.append("  " + _judge((nl.get("all") or {}).get("loss"), (nl.get("all") or {}).get("macs"),
-                             "network level, summed rating vs accuracy", "MACs"))
+    if nl.get("planned", 1):
+        out.append("  " + _judge((nl.get("all") or {}).get("loss"), (nl.get("all") or {}).get("macs"),
+                                 "network level, summed rating vs accuracy", "MACs"))
+    else:
+        out.append("  network level: not part of this run (rank_check.networks: 0)")
     sn = (nl.get("seed_noise") or {}).get("pooled_std")
     if sn is not None and nl.get("acc_range"):
         lo, hi = nl["acc_range"]

@@ -107,6 +107,31 @@ def test_bootstrap_matches_plain_resampling_and_is_seeded():
         rk.bootstrap_ci(x, y, "pearson", n_boot=10)
 
 
+def test_paired_difference_interval_matches_plain_resampling():
+    """tau(x1, y) - tau(x2, y) on the same resamples: x1 ranks y better than a noisier x2 beyond the noise."""
+    rng = np.random.default_rng(4)
+    y = rng.normal(size=24)
+    x1, x2 = y + 0.2 * rng.normal(size=24), y + 2.0 * rng.normal(size=24)
+    g = np.repeat([0, 1], 12)
+    lo, hi = rk.bootstrap_diff_ci(x1, x2, y, "tau", groups=g, n_boot=300, seed=5)
+    r = np.random.default_rng(5)
+    draws = [idx[r.integers(0, len(idx), size=(300, len(idx)))] for idx in (np.arange(12), np.arange(12, 24))]
+    plain = []
+    for k in range(300):
+        b = np.concatenate([d[k] for d in draws])
+        plain.append(_plain_stratified_tau(x1[b], y[b], g) - _plain_stratified_tau(x2[b], y[b], g))
+    assert (lo, hi) == pytest.approx((np.quantile(plain, 0.025), np.quantile(plain, 0.975)), abs=1e-12)
+    assert lo > 0  # the better predictor wins beyond the noise
+    lo2, hi2 = rk.bootstrap_diff_ci(x1, x1.copy(), y, n_boot=100)
+    assert lo2 == hi2 == 0.0  # the same predictor: no difference in any resample
+    assert all(math.isnan(v) for v in rk.bootstrap_diff_ci(x1[:4], x2[:4], y[:4], n_boot=50))
+    # the stats of a study carry it for every rating, next to MACs
+    rows = [{"loss": -a, "macs": b} for a, b in zip(x1, x2)]
+    st = rk._metric_stats(rows, ["loss", "macs"], y, g, 300, 0)
+    assert st["loss"]["minus_macs"]["tau"] == pytest.approx(st["loss"]["tau"] - st["macs"]["tau"], abs=1e-12)
+    assert st["loss"]["minus_macs"]["tau_ci"][0] > 0 and "minus_macs" not in st["macs"]
+
+
 def test_stratified_bootstrap_resamples_within_groups():
     x, y = _data(30, 5)
     g = np.repeat([0, 1], 15)
@@ -435,3 +460,19 @@ def test_stage_runs_resumes_and_reanalyzes(tmp_path, capsys):
     assert cli.main(["rank-check", "--run-dir", str(run_dir), "--analyze-only"]) == 0
     assert json.loads((rc_dir / "results.json").read_text())["status"]["done"] == total
     assert "## Ranking check" in (rc_dir / "report.md").read_text()
+
+
+def test_closing_lines_say_what_the_run_left_out_and_judge_by_the_paired_difference():
+    none = {"complete": True, "status": {}, "block_level": {}, "network_level": {"planned": 0, "done": 0}}
+    assert any("network level: not part of this run" in ln for ln in rk.closing_lines(none))
+    later = {**none, "network_level": {"planned": 12, "done": 0}}
+    assert any("network level, summed rating vs accuracy: not measured yet" in ln for ln in rk.closing_lines(later))
+    st = {"n": 64, "tau": 0.68, "tau_ci": [0.53, 0.80], "rho": 0.8, "rho_ci": [0.6, 0.9],
+          "minus_macs": {"tau": 0.07, "tau_ci": [-0.08, 0.21]}}
+    macs = {"n": 64, "tau": 0.61, "tau_ci": [0.46, 0.74], "rho": 0.7, "rho_ci": [0.5, 0.8]}
+    res = {**none, "block_level": {"pooled": {"loss": st, "macs": macs}}}
+    line = next(ln for ln in rk.closing_lines(res) if "pooled over blocks" in ln)
+    assert "does NOT beat MACs" in line and "difference +0.07 [-0.08, +0.21]" in line
+    st["minus_macs"]["tau_ci"] = [0.02, 0.2]
+    line = next(ln for ln in rk.closing_lines(res) if "pooled over blocks" in ln)
+    assert "; beats MACs" in line
