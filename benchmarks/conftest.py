@@ -23,6 +23,20 @@ def report(name: str, **figures) -> None:
 RESULTS: list = []
 
 
+def cuda_time(f, repeats: int = 20) -> float:
+    """Mean seconds of one call of ``f`` on the GPU: one warm-up call, then ``repeats`` calls between two CUDA
+    events, synchronized before and after."""
+    f()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        f()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / repeats
+
+
 def interleaved_min(f, g, repeats: int = 15) -> tuple[float, float]:
     """Best-of-n wall times of f and g, alternating the two calls after one warm-up call each: both see the same
     machine state, which keeps the ratio meaningful on a shared, loaded machine (where medians mostly measure the

@@ -15,7 +15,7 @@ inside the timed call; whole MBConv layers as timm modules under ``torch.inferen
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import gpu, interleaved_min, report
+from conftest import cuda_time, gpu, interleaved_min, report
 
 from dna_fast import ops
 
@@ -128,18 +128,6 @@ def test_mbconv_siblings_cpu(benchmark, layer):
 # ---------------------------------------------------------------- GPU
 
 
-def _cuda_time(f, repeats=50):
-    f()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        f()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeats / 1e3
-
-
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("layer", [(40, 40, 28), (80, 80, 14), (112, 112, 14)], ids=lambda t: f"c{t[0]}_h{t[2]}")
@@ -160,11 +148,11 @@ def test_gpu_mbconv_layer_bf16(benchmark, layer):
         err_eager = (eager_out.float() - exact).abs().max().item()
         assert err_ours <= 2 * err_eager + 1e-2, (err_ours, err_eager)
         compiled = torch.compile(one)
-        t_fused = _cuda_time(lambda: ops.mbconv_siblings(x, f_one, 1, True))
-        t_eager = _cuda_time(lambda: one(x))
-        t_compiled = _cuda_time(lambda: compiled(x))
-        t_six = _cuda_time(lambda: ops.mbconv_siblings(x, folded, 1, True))
-        t_six_eager = _cuda_time(lambda: [m(x) for m in mods])
+        t_fused = cuda_time(lambda: ops.mbconv_siblings(x, f_one, 1, True), 50)
+        t_eager = cuda_time(lambda: one(x), 50)
+        t_compiled = cuda_time(lambda: compiled(x), 50)
+        t_six = cuda_time(lambda: ops.mbconv_siblings(x, folded, 1, True), 50)
+        t_six_eager = cuda_time(lambda: [m(x) for m in mods], 50)
         benchmark(lambda: (ops.mbconv_siblings(x, f_one, 1, True), torch.cuda.synchronize()))
     report(f"gpu mbconv layer bf16 256x{c_in}x{h}x{h} k5e6", fused_ms=t_fused * 1e3, eager_ms=t_eager * 1e3,
            compiled_ms=t_compiled * 1e3, speedup_vs_eager=t_eager / t_fused, speedup_vs_compile=t_compiled / t_fused,
@@ -185,7 +173,7 @@ def test_gpu_dwconv_bandwidth_bf16(benchmark, shape, layout):
                  torch.randn(c, device="cuda"))
     y = ops.dwconv_bn_act(x, w, sc, sh, s)
     torch.testing.assert_close(y, ops.dwconv_bn_act_reference(x, w, sc, sh, s), rtol=2e-2, atol=2e-2)
-    t = _cuda_time(lambda: ops.dwconv_bn_act(x, w, sc, sh, s, with_sums=True))
+    t = cuda_time(lambda: ops.dwconv_bn_act(x, w, sc, sh, s, with_sums=True), 50)
     # eager on the same tensor (same layout), BN folded into bf16 weights and bias once, outside the timed call
     wf, bf = (w * sc.view(-1, 1, 1, 1)).to(x.dtype), sh.to(x.dtype)
 
@@ -193,7 +181,7 @@ def test_gpu_dwconv_bandwidth_bf16(benchmark, shape, layout):
         return F.silu(F.conv2d(x, wf, bf, stride=s, padding=k // 2, groups=c), inplace=True)
 
     torch.testing.assert_close(eager(), ops.dwconv_bn_act_reference(x, w, sc, sh, s), rtol=2e-2, atol=2e-2)
-    t_eager = _cuda_time(eager)
+    t_eager = cuda_time(eager, 50)
     benchmark(lambda: (ops.dwconv_bn_act(x, w, sc, sh, s), torch.cuda.synchronize()))
     gbs = (x.numel() + y.numel()) * x.element_size() / t / 1e9
     report(f"gpu dwconv_bn_act bf16 {layout} 256x{c}x{h}x{h} k{k} s{s}", ms=t * 1e3, gb_per_s=gbs,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import gpu, report
+from conftest import cuda_time, gpu, report
 from test_bench_rating import _bf16_checked, _perturb, _space, _timed
 
 from dna_fast import _rating_kernels as rk
@@ -37,18 +37,6 @@ def _peaks() -> tuple[float | None, float | None]:
     lanes = _FP32_LANES.get((p.major, p.minor))
     flops = 2 * lanes * p.multi_processor_count * clk_khz * 1e3 if lanes and clk_khz else None
     return bw, flops
-
-
-def _cuda_time(f, repeats: int = 20) -> float:
-    f()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        f()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / repeats
 
 
 @gpu
@@ -118,10 +106,10 @@ def test_bench_rating_gpu_kernels_vs_peak(benchmark):
         w1, b1 = torch.randn(cin, c, device=dev) * 0.2, torch.randn(c, device=dev) * 0.1
         wdw = torch.randn(c, 1, k, k, device=dev) * 0.2
         sc, sh = torch.rand(c, device=dev) + 0.5, torch.randn(c, device=dev) * 0.1
-        t = _cuda_time(lambda: ns.expand_dwconv_bn_act(x, w1, b1, wdw, sc, sh, 1))  # noqa: B023
+        t = cuda_time(lambda: ns.expand_dwconv_bn_act(x, w1, b1, wdw, sc, sh, 1))  # noqa: B023
         emit(f"expand_dwconv_bn_act k{k} s1 [{n},{cin},{h},{w}] -> {c}", t,
              (x.numel() + n * h * w * c) * esize, 2.0 * n * h * w * c * (cin + k * k))
-        t = _cuda_time(lambda: ns.expand_dwconv_stats(x, w1, b1, wdw, 1))  # noqa: B023
+        t = cuda_time(lambda: ns.expand_dwconv_stats(x, w1, b1, wdw, 1))  # noqa: B023
         emit(f"expand_dwconv_stats k{k} s1 [{n},{cin},{h},{w}] -> {c}", t,
              (x.numel() + n * h * w * c) * esize, 2.0 * n * h * w * c * (cin + k * k))
     rows, kdim = n * h * w, 40 * 6
@@ -129,10 +117,10 @@ def test_bench_rating_gpu_kernels_vs_peak(benchmark):
     wp = (torch.randn(kdim, 80, device=dev) * 0.1).to(bf)
     off, shift = torch.randn(rows, 80, device=dev), torch.randn(80, device=dev)
     gate, mean = torch.rand(n, kdim, device=dev), torch.randn(80, device=dev)
-    t = _cuda_time(lambda: ns.linear_sq_err(hid, wp, off, shift, gate))
+    t = cuda_time(lambda: ns.linear_sq_err(hid, wp, off, shift, gate))
     emit(f"linear_sq_err [{rows},{kdim}]x[{kdim},80]", t, hid.numel() * esize + off.numel() * 4,
          2.0 * rows * kdim * 80)
-    t = _cuda_time(lambda: ns.linear_col_dev(hid, wp, mean, gate))
+    t = cuda_time(lambda: ns.linear_col_dev(hid, wp, mean, gate))
     emit(f"linear_col_dev [{rows},{kdim}]x[{kdim},80]", t, hid.numel() * esize, 2.0 * rows * kdim * 80)
-    t = _cuda_time(lambda: ns.swish_rows_(hid, None, shift.new_zeros(kdim), n))
+    t = cuda_time(lambda: ns.swish_rows_(hid, None, shift.new_zeros(kdim), n))
     emit(f"swish_rows_ [{rows},{kdim}]", t, 2 * hid.numel() * esize, 0.0)
