@@ -780,8 +780,9 @@ def stage_rank_check(ctx: Context) -> dict:
         block_steps = ctx.cfg.distill.epochs * min(per_epoch, ctx.cfg.distill.max_steps_per_epoch or per_epoch)
     extra = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
              "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file()
-             else None, "threads": torch.get_num_threads(), "workers": rc.workers, "data": d.backend, "network_eval_split": eval_split,
-             "block_steps": block_steps, "distill_sampling": ctx.cfg.distill.sampling, "run_dir": str(ctx.run_dir)}
+             else None, "threads": torch.get_num_threads(), "workers": rc.workers, "data": d.backend,
+             "network_eval_split": eval_split, "block_steps": block_steps,
+             "distill_sampling": ctx.cfg.distill.sampling, "run_dir": str(ctx.run_dir)}
     if rc.analyze_only:
         res = rk.refresh(out, plan, rc.noise_seeds, rc.bootstrap, ctx.cfg.seed, extra, compare=compare)
         ctx.log(f"[rank_check] analyzed {res['status']['done']} of {res['status']['total']} finished units")
