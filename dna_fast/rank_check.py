@@ -974,8 +974,8 @@ def _claim_holder_alive(text: str) -> bool:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, owned by another user
+        pass
     return True
 
 
@@ -1039,7 +1039,7 @@ def run_units(out_dir: Path, plan: dict, noise_seeds: int, *, train_block: Calla
         finally:
             claim.unlink(missing_ok=True)
         ran += 1
-        done = sum(unit_done(out_dir, k, sp) for k, sp in todo)
-        log(f"[rank_check] {done}/{len(todo)} {what} ({time.perf_counter() - t0:.1f} s)")
-        refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots and ran % 8 == 0, compare=compare)
+        seconds = time.perf_counter() - t0
+        res = refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots and ran % 8 == 0, compare=compare)
+        log(f"[rank_check] {res['status']['done']}/{len(todo)} {what} ({seconds:.1f} s)")
     return refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots, compare=compare)

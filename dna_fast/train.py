@@ -788,14 +788,14 @@ def stage_rank_check(ctx: Context) -> dict:
         ctx.log(f"[rank_check] analyzed {res['status']['done']} of {res['status']['total']} finished units")
         return res
     teacher = build_teacher(ctx).to(ctx.device).eval()
-    feats: dict[int, Any] = {}
     left_blocks = sorted({spec[0] for kind, spec in rk.units(plan, rc.noise_seeds)
                           if kind == "block" and not rk.unit_done(out, kind, spec)})
+    feats: dict[int, Any] = {}
     if left_blocks:  # one teacher pass for every block (before the workers fork, who share it)
         bs = rc.block_batch_size
         tr = rk.block_features(teacher, ctx.loader("train", bs), left_blocks, rc.block_train_images, ctx.device)
         va = rk.block_features(teacher, ctx.loader("val", bs), left_blocks, rc.block_val_images, ctx.device)
-        feats.update({b: (tr[b], va[b]) for b in left_blocks})
+        feats = {b: (tr[b], va[b]) for b in left_blocks}
 
     def train_block(b: int, cand: str, seed: int) -> dict:
         tr, va = feats[b]
