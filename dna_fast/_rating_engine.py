@@ -458,15 +458,26 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
     # and plain PyTorch
     fused, timed = _rk.resolve(kernels, device, dtype) if _NATIVE else (None, False)
     native = fused is not None
-    # the stem of block 0 has no choice: recalibrate it once, then it maps images to the trie's input
-    inputs = [x for x, _ in pairs]
-    calib_in = calib
-    if block.stem is not None:
-        stem = copy.deepcopy(block.stem).to(device).eval()
-        with torch.autocast(device.type, dtype=dtype, enabled=low):
-            if calib is not None:
-                calib_in = [y.float() for y in recalibrate_bn(stem, calib)]
-            inputs = [stem(x).float() for x in inputs]
+    # the stem of block 0 has no choice: recalibrate it once (once per cell where each cell has its own stem), then it
+    # maps images to the trie's input
+    stem_passes: dict[int, tuple[list[Tensor], list[Tensor] | None]] = {}
+
+    def stem_pass(c: int) -> tuple[list[Tensor], list[Tensor] | None]:
+        """(trie inputs, calibration inputs) of cell c's candidates."""
+        module = block.stem_for(c)
+        if module is None:
+            return [x for x, _ in pairs], calib
+        if id(module) not in stem_passes:
+            stem_passes.clear()  # cells are walked in order: keep one stem's outputs at a time
+            stem = copy.deepcopy(module).to(device).eval()
+            calib_in = calib
+            with torch.autocast(device.type, dtype=dtype, enabled=low):
+                if calib is not None:
+                    calib_in = [y.float() for y in recalibrate_bn(stem, calib)]
+                stem_passes[id(module)] = ([stem(x).float() for x, _ in pairs], calib_in)
+        return stem_passes[id(module)]
+
+    inputs, calib_in = stem_pass(0)
 
     sse = torch.zeros(n_cands, dtype=torch.float64, device=device)
     sae = torch.zeros(len(pairs), n_cands, dtype=torch.float64, device=device)  # absolute errors per pair
@@ -495,6 +506,7 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
             base += size
             continue
         walker = _Walker(layers, dtype, K, native, fused)
+        inputs, calib_in = stem_pass(c)
 
         def pick(level: int, x2: Tensor, n: int, h: int, w: int, st: list[tuple] | None, calib_mode: bool,
                  tg: Tensor | bool | None) -> None:

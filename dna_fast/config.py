@@ -102,7 +102,12 @@ class DistillConfig:
         lr: one learning rate for every block (default: the library's per-block rates).
         max_steps_per_epoch: cut every epoch after this many steps (0: whole epochs; for tests).
         checkpoint_every_steps: also checkpoint every N steps within an epoch (0: at epoch ends).
-        sampling: path sampling, ``uniform`` or ``fair``.
+        sampling: path sampling, ``uniform`` or ``fair`` (over the block, or within each cell with ``cells:
+            parallel``).
+        cells: ``shared``: one path per block and step, so a block's cells share its steps (a cell gets a share
+            proportional to its candidates with uniform sampling, an equal share with fair). ``parallel``: one path
+            of every cell per step (block 0 with a stem per cell), so every cell trains the full budget as in the
+            authors' one supernet per depth, from the same teacher pass; costs one forward + backward per cell.
         weight_decay: Adam weight decay (L2) of every block (the authors: 1e-4).
         weight_decay_1d: also decay 1-dim parameters (BN weights and biases, conv biases); false: only weights with
             >= 2 dims, as the authors' optimizer does.
@@ -121,6 +126,7 @@ class DistillConfig:
     max_steps_per_epoch: int = 0
     checkpoint_every_steps: int = 0
     sampling: str = "uniform"
+    cells: str = "shared"
     weight_decay: float = 1e-4
     weight_decay_1d: bool = True
     lr_decay: float = 0.9
@@ -480,6 +486,8 @@ def validate(cfg: RunConfig) -> None:
                           "set rate.calib_batches >= 1 (the authors: 1)")
     if cfg.distill.sampling not in ("uniform", "fair"):
         raise ConfigError(f"config key 'distill.sampling': {cfg.distill.sampling!r} is not uniform or fair")
+    if cfg.distill.cells not in ("shared", "parallel"):
+        raise ConfigError(f"config key 'distill.cells': {cfg.distill.cells!r} is not shared or parallel")
     if cfg.data.random_interpolation and cfg.data.backend != "torchvision":
         raise ConfigError(f"config key 'data.random_interpolation' needs data.backend=torchvision (the authors' PIL "
                           f"pipeline; the other backends have no per-image interpolation), got {cfg.data.backend!r}")

@@ -38,16 +38,18 @@ from torch import nn
 
 from . import distributed as ddp
 from ._augment import BatchAugment
-from ._io import atomic_save, atomic_write, load_checkpoint
+from ._io import atomic_save, atomic_write, atomic_write_json, load_checkpoint
 from .space import Candidate, SearchSpace
 from .supernet import Supernet
 
 __all__ = ["distill", "load_supernet", "default_lrs", "PathSampler", "BlockTrainer", "BatchAugment",
-           "CHECKPOINT_NAME", "LOG_COLUMNS"]
+           "CHECKPOINT_NAME", "CELL_STEPS_NAME", "CELL_MODES", "LOG_COLUMNS", "write_cell_steps"]
 
 _logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "supernet_last.pt"
+CELL_STEPS_NAME = "cell_steps.json"
+CELL_MODES = ("shared", "parallel")
 LOG_COLUMNS = ("epoch", "step", "global_step", "block", "loss", "lr")
 _FORMAT_VERSION = 1
 
@@ -62,26 +64,52 @@ def default_lrs(num_blocks: int) -> list[float]:
 
 
 class PathSampler:
-    """The path each block trains at each global step; a pure function of ``(seed, block, step)``.
+    """The paths each block trains at each global step; a pure function of ``(seed, block, step)``.
 
     Args:
         space: the search space.
         seed: sampling seed.
-        mode: ``"uniform"``: a uniformly random candidate of the block (over all its cells). ``"fair"``: strictly
-            fair sampling (FairNAS-style): the steps are cut into cycles of ``K * C`` steps (K ops, C cells); in a
-            cycle every cell is used K times and every op of every layer of every cell exactly once.
+        mode: ``"uniform"``: a uniformly random candidate (of the block, or of the cell with ``cells="parallel"``).
+            ``"fair"``: strictly fair sampling (FairNAS-style). Shared cells: the steps are cut into cycles of
+            ``K * C`` steps (K ops, C cells); in a cycle every cell is used K times and every op of every layer of
+            every cell exactly once. Parallel cells: cycles of K steps per cell, every op of every layer once.
+        cells: ``"shared"``: one path of the block per step (its cells share the block's steps). ``"parallel"``: one
+            path of *every* cell per step, each cell's a function of ``(seed, block, the cell's depth and width,
+            step)`` only, so a cell trains on the paths it would get in a supernet that holds only that cell (the
+            authors' one supernet per depth).
     """
 
-    def __init__(self, space: SearchSpace, seed: int = 0, mode: str = "uniform") -> None:
+    def __init__(self, space: SearchSpace, seed: int = 0, mode: str = "uniform", cells: str = "shared") -> None:
         if mode not in ("uniform", "fair"):
             raise ValueError(f"sampling must be 'uniform' or 'fair', got {mode!r}")
-        self.space, self.seed, self.mode = space, int(seed), mode
+        if cells not in CELL_MODES:
+            raise ValueError(f"cells must be one of {', '.join(CELL_MODES)}, got {cells!r}")
+        self.space, self.seed, self.mode, self.cells = space, int(seed), mode, cells
         self._cycle_cache: dict[tuple[int, int], tuple[list[int], list[list[list[int]]]]] = {}
 
     def __call__(self, block: int, step: int) -> Candidate:
+        """The one path of block ``block`` at ``step`` (shared cells)."""
         if self.mode == "uniform":
             return self._uniform(block, step)
         return self._fair(block, step)
+
+    def paths(self, block: int, step: int) -> list[Candidate]:
+        """Every path block ``block`` trains at ``step``: one (shared cells) or one per cell (parallel)."""
+        if self.cells == "shared":
+            return [self(block, step)]
+        return [self.cell_path(block, c, step) for c in range(len(self.space.blocks[block].cells))]
+
+    def cell_path(self, i: int, c: int, step: int) -> Candidate:
+        """The path of cell ``c`` of block ``i`` at ``step`` in parallel mode (uniform or fair within the cell)."""
+        cell = self.space.blocks[i].cells[c]
+        k = len(self.space.blocks[i].ops)
+        key = f"{self.seed}-{i}-{cell.label}"
+        if self.mode == "uniform":
+            rng = random.Random(f"dna-cell-uniform-{key}-{step}")
+            return self.space.candidate(i, c, [rng.randrange(k) for _ in range(cell.depth)])
+        cycle, pos = divmod(step, k)
+        rng = random.Random(f"dna-cell-fair-{key}-{cycle}")
+        return self.space.candidate(i, c, [rng.sample(range(k), k)[pos] for _ in range(cell.depth)])
 
     def _uniform(self, i: int, step: int) -> Candidate:
         rng = random.Random(f"dna-uniform-{self.seed}-{i}-{step}")
@@ -221,13 +249,19 @@ class BlockTrainer:
         with torch.no_grad(), self.autocast():
             return self.teacher(images, upto=upto)
 
-    def forward_backward(self, images: torch.Tensor, candidates: Sequence[Candidate | None],
+    def forward_backward(self, images: torch.Tensor, candidates: Sequence[Candidate | Sequence[Candidate] | None],
                          blocks: Sequence[int] | None = None) -> torch.Tensor:
-        """One teacher forward, then forward + backward of every block in ``blocks``; the losses (one per block)."""
+        """One teacher forward, then forward + backward of every block in ``blocks``: of its one path, or of each of
+        its paths (a list: one per cell with parallel cells; each path's loss is backpropagated on its own); the
+        losses (one per block, the mean over its paths)."""
         blocks = range(self.supernet.num_blocks) if blocks is None else blocks
         feats = self.teacher_features(images, upto=max(blocks) + 1)
         inputs = [images, *feats[:-1]]
-        return torch.stack([self.backward_block(i, inputs[i], feats[i], candidates[i]) for i in blocks])
+        losses = []
+        for i in blocks:
+            paths = candidates[i] if isinstance(candidates[i], (list, tuple)) else [candidates[i]]
+            losses.append(torch.stack([self.backward_block(i, inputs[i], feats[i], p) for p in paths]).mean())
+        return torch.stack(losses)
 
     def reduce(self, losses: torch.Tensor, blocks: Sequence[int]) -> torch.Tensor:
         """Average the gradients of the trained blocks and the losses over DDP ranks (one all-reduce)."""
@@ -298,9 +332,11 @@ def load_supernet(run_dir: str | os.PathLike, space: SearchSpace | str | None = 
     ckpt = load_checkpoint(path, what="supernet checkpoint", fix="run the distill stage again (delete it first)")
     if space is None:
         space = ckpt["config"].get("space_source") or ckpt["config"]["space"]
+    state = _strip_prefix(ckpt["supernet"])
+    supernet_kwargs.setdefault("cell_stems", any(k.startswith("blocks.0.stems.") for k in state))
     supernet = Supernet(space, **supernet_kwargs)
     try:
-        supernet.load_state_dict(_strip_prefix(ckpt["supernet"]))
+        supernet.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"the supernet checkpoint {str(path)!r} (space {ckpt['config'].get('space')!r}) does not "
                          f"fit search space {supernet.space.name!r}: {e}") from None
@@ -366,22 +402,43 @@ class _Logs:
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def _config(supernet: Supernet, lrs, weight_decay, lr_decay, sampling, loss, block_weights, seed, world,
+def _count_cell_steps(sampler: PathSampler, steps: int) -> list[list[int]]:
+    """The steps each cell got in the first ``steps`` global steps (for checkpoints written before they were kept)."""
+    counts = [[0] * len(b.cells) for b in sampler.space.blocks]
+    for i in range(len(counts)):
+        for step in range(steps):
+            for c in sampler.paths(i, step):
+                counts[i][c.cell] += 1
+    return counts
+
+
+def write_cell_steps(run_dir: str | os.PathLike, space: SearchSpace, cell_steps: Sequence[Sequence[int]],
+                     cells: str) -> Path:
+    """``distill/cell_steps.json``: how many steps each cell of each block trained (``{"block0": {"d1w16": n}}``)."""
+    path = Path(run_dir) / "distill" / CELL_STEPS_NAME
+    data = {"cells": cells, "steps": {f"block{i}": {b.cells[c].label: int(n) for c, n in enumerate(cell_steps[i])}
+                                      for i, b in enumerate(space.blocks)}}
+    atomic_write_json(path, data)
+    return path
+
+
+def _config(supernet: Supernet, lrs, weight_decay, lr_decay, sampling, cells, loss, block_weights, seed, world,
             protocol: dict[str, Any]) -> dict:
     return {
         "space": supernet.space.name, "space_source": supernet.space.source, "num_blocks": supernet.num_blocks,
         "lr": [float(x) for x in lrs], "weight_decay": float(weight_decay), "lr_decay": float(lr_decay),
-        "sampling": sampling, "loss": loss,
+        "sampling": sampling, "cells": cells, "cell_stems": bool(supernet.cell_stems), "loss": loss,
         "block_weights": None if block_weights is None else [float(w) for w in block_weights],
         "seed": int(seed), "world_size": int(world), **protocol,
     }
 
 
-_RESUME_KEYS = ("space", "num_blocks", "lr", "weight_decay", "lr_decay", "sampling", "loss", "block_weights", "seed",
-                "world_size", "weight_decay_1d", "lr_epoch_offset", "teacher_bn", "color_jitter", "random_erasing")
+_RESUME_KEYS = ("space", "num_blocks", "lr", "weight_decay", "lr_decay", "sampling", "cells", "cell_stems", "loss",
+                "block_weights", "seed", "world_size", "weight_decay_1d", "lr_epoch_offset", "teacher_bn",
+                "color_jitter", "random_erasing")
 # the protocol switches' values in checkpoints written before they existed
 _RESUME_DEFAULTS = {"weight_decay_1d": True, "lr_epoch_offset": 0, "teacher_bn": "eval", "color_jitter": 0.0,
-                    "random_erasing": 0.0}
+                    "random_erasing": 0.0, "cells": "shared", "cell_stems": False}
 
 
 def _compile_ops(supernet: Supernet, backend: str = "inductor") -> None:
@@ -393,8 +450,9 @@ def _compile_ops(supernet: Supernet, backend: str = "inductor") -> None:
     cfg.cache_size_limit = max(cfg.cache_size_limit, 256)
     cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 1024)
     for block in supernet.blocks:
-        if block.stem is not None:
-            block.stem.compile(backend=backend)
+        for stem in [block.stem] if block.stems is None else block.stems:
+            if stem is not None:
+                stem.compile(backend=backend)
         for cell in block.cells:
             for layer in cell.layers:
                 for op in layer.ops:
@@ -412,6 +470,7 @@ def distill(
     weight_decay: float = 1e-4,
     lr_decay: float = 0.9,
     sampling: str = "uniform",
+    cells: str = "shared",
     loss: str = "mse",
     block_weights: Sequence[float] | None = None,
     amp: str | None = None,
@@ -443,6 +502,11 @@ def distill(
         weight_decay: Adam weight decay.
         lr_decay: lr factor per epoch (lr of epoch e = lr x lr_decay ** e).
         sampling: ``"uniform"`` or ``"fair"`` (see ``PathSampler``).
+        cells: ``"shared"``: each step trains one path per block, so a block's cells share its steps.
+            ``"parallel"``: each step trains one path of every cell of every block on the same teacher features, so
+            every cell gets the full step budget, as in the authors' one supernet per depth, from one teacher pass
+            (block 0 with several cells needs ``Supernet(..., cell_stems=True)``: a stem per cell). The steps each
+            cell got are written to ``distill/cell_steps.json``.
         loss: ``"mse"`` or ``"rel_mse"`` (MSE / variance of the target).
         block_weights: factor on each block's loss.
         amp: ``"bf16"`` (default on GPU), ``"fp16"`` (with a GradScaler) or ``"fp32"`` / None on CPU.
@@ -491,7 +555,10 @@ def distill(
     lrs = default_lrs(n) if lr is None else [float(x) for x in lr]
     rank, world = ddp.get_rank(), ddp.get_world_size()
     main = rank == 0
-    sampler = PathSampler(space, seed, sampling)
+    if cells == "parallel" and len(space.blocks[0].cells) > 1 and not supernet.cell_stems:
+        raise ValueError(f"cells='parallel' trains every cell of block 0 as its own supernet, each with its own stem: "
+                         f"build the supernet with Supernet({space.name!r}, cell_stems=True)")
+    sampler = PathSampler(space, seed, sampling, cells)
     blocks = list(range(n))
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -507,13 +574,15 @@ def distill(
     protocol = {"weight_decay_1d": bool(weight_decay_1d), "lr_epoch_offset": int(lr_epoch_offset),
                 "teacher_bn": teacher_bn, "color_jitter": augment.color_jitter if augment is not None else 0.0,
                 "random_erasing": augment.random_erasing if augment is not None else 0.0}
-    config = _config(supernet, lrs, weight_decay, lr_decay, sampling, loss, block_weights, seed, world, protocol)
+    config = _config(supernet, lrs, weight_decay, lr_decay, sampling, cells, loss, block_weights, seed, world,
+                     protocol)
 
     ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME
     start_epoch = start_step = global_step = 0
     loss_sum = torch.zeros(n, dtype=torch.float64)
     loss_count = 0
     last_losses: list[float] = [math.nan] * n
+    cell_steps = [[0] * len(b.cells) for b in space.blocks]
     resumed = resume and ckpt_path.is_file()
     if resumed:
         ckpt = load_checkpoint(ckpt_path, what="supernet checkpoint",
@@ -534,6 +603,7 @@ def distill(
         start_epoch, start_step, global_step = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["global_step"])
         loss_sum, loss_count = ckpt["loss_sum"].double(), int(ckpt["loss_count"])
         last_losses = list(ckpt.get("block_losses", []))
+        cell_steps = ckpt.get("cell_steps") or _count_cell_steps(sampler, global_step)
         if main:
             _logger.info("resuming %s at epoch %d step %d", ckpt_path, start_epoch, start_step)
     else:
@@ -547,7 +617,7 @@ def distill(
         steps_per_epoch = min(steps_per_epoch, int(max_steps_per_epoch))
     result = {"epoch": start_epoch, "global_step": global_step, "trained_epochs": [], "resumed": resumed,
               "checkpoint": str(ckpt_path), "log": str(run_dir / "distill" / "log.csv"), "images_per_s": 0.0,
-              "block_losses": last_losses}
+              "block_losses": last_losses, "cell_steps": cell_steps}
     if start_epoch >= epochs:
         return result
 
@@ -563,8 +633,9 @@ def distill(
                 "epoch": epoch, "step": step, "global_step": global_step, "rng": _rng_state(),
                 "loss_sum": (torch.zeros(n, dtype=torch.float64) if complete_epoch else loss_sum).clone(),
                 "loss_count": 0 if complete_epoch else loss_count,
-                "block_losses": (loss_sum / max(loss_count, 1)).tolist(),
+                "block_losses": (loss_sum / max(loss_count, 1)).tolist(), "cell_steps": cell_steps,
             }, ckpt_path)
+            write_cell_steps(run_dir, space, cell_steps, cells)
         ddp.barrier()
 
     bar = None
@@ -597,7 +668,7 @@ def distill(
                 images = trainer.prepare(images)
                 if augment is not None:
                     images = augment(images, global_step)
-                cands = [sampler(i, global_step) for i in blocks]
+                cands = [sampler.paths(i, global_step) for i in blocks]
                 losses = trainer.forward_backward(images, cands, blocks)
                 losses = trainer.reduce(losses, blocks)
                 vals = losses.double().cpu()
@@ -607,10 +678,14 @@ def distill(
                     trainer.zero_grad()
                     raise FloatingPointError(
                         f"non-finite distillation loss {float(vals[i])} in block {i} at epoch {epoch} step {step} "
-                        f"(global step {global_step}, path {space.format(i, cands[i])}): stopped; the last good "
+                        f"(global step {global_step}, path {' / '.join(space.format(i, c) for c in cands[i])}): "
+                        f"stopped; the last good "
                         f"checkpoint {str(ckpt_path)!r} is kept. Lower the block's lr, use amp='bf16'/'fp32', or "
                         "check the teacher / data")
                 trainer.optimizer_step(blocks)
+                for i in blocks:
+                    for c in cands[i]:
+                        cell_steps[i][c.cell] += 1
                 global_step += 1
                 images_seen += images.shape[0] * world
                 loss_sum += vals

@@ -199,7 +199,8 @@ class InheritReport:
 
 def _child_key_map(supernet: nn.Module, choices: Sequence[Candidate]) -> dict[str, str]:
     """child module prefix -> supernet module prefix for the chosen path."""
-    m = {"conv_stem": "blocks.0.stem.conv_stem", "bn1": "blocks.0.stem.bn1", "blocks.0.0": "blocks.0.stem.ds"}
+    stem = f"blocks.0.stems.{choices[0].cell}" if getattr(supernet, "cell_stems", False) else "blocks.0.stem"
+    m = {"conv_stem": f"{stem}.conv_stem", "bn1": f"{stem}.bn1", "blocks.0.0": f"{stem}.ds"}
     for i, cand in enumerate(choices):
         for layer, k in enumerate(cand.ops):
             m[f"blocks.{i + 1}.{layer}"] = f"blocks.{i}.cells.{cand.cell}.layers.{layer}.ops.{k}"

@@ -248,7 +248,8 @@ def rate_block_naive(supernet: nn.Module, i: int, batches: Iterable, *, calib: I
             sse[j] = np.nan
             sae[:, j] = np.nan
             continue
-        mods = ([block.stem] if block.stem is not None else []) + supernet.path_modules(i, cand)
+        stem = block.stem_for(cand.cell)
+        mods = ([stem] if stem is not None else []) + supernet.path_modules(i, cand)
         path = nn.Sequential(*mods).to(device).eval()
         # recalibration resets the path's BNs in place, as the original's reset_bn_eval does, and their stored state
         # is put back afterwards (a deep copy of the path per candidate cost ~15 % of its forward on dna block 1)

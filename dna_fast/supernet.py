@@ -4,8 +4,9 @@ Block ``i`` is distilled against teacher stage ``teacher_stage`` (Li et al., CVP
 teacher's previous stage feature (the image for block 0, which runs the student stem first) and its last
 layer writes the teacher stage's channels. ``forward_block(i, x, candidate)`` runs one path.
 
-Module names (``blocks[i].cells[c].layers[l].ops[k]`` = a timm ``InvertedResidual``; ``blocks[0].stem``
-with ``conv_stem``, ``bn1``, ``ds``) map onto the timm child network; see ``dna_fast.models.inherit_weights``.
+Module names (``blocks[i].cells[c].layers[l].ops[k]`` = a timm ``InvertedResidual``; ``blocks[0].stem``, or
+``blocks[0].stems[c]`` with a stem per cell, with ``conv_stem``, ``bn1``, ``ds``) map onto the timm child network;
+see ``dna_fast.models.inherit_weights``.
 """
 
 from __future__ import annotations
@@ -30,22 +31,32 @@ class Supernet(nn.Module):
         in_chans: image channels (block 0's stem input).
         norm_layer: norm class for every op (default BatchNorm2d).
         drop_path_rate: stochastic depth of every op's residual branch.
+        cell_stems: one student stem per cell of block 0 (``blocks[0].stems[c]``) instead of one shared by its
+            cells: with ``distill(..., cells="parallel")`` every cell of block 0 then trains exactly as a supernet
+            holding only that cell would (the authors train one supernet per depth, each with its own stem).
 
     Attributes:
         space: the search space.
-        blocks: ``nn.ModuleList`` of ``ChoiceBlock``; ``blocks[0].stem`` is the student stem.
+        blocks: ``nn.ModuleList`` of ``ChoiceBlock``; ``blocks[0].stem_for(c)`` is the student stem cell ``c`` runs.
+        cell_stems: whether block 0 has a stem per cell.
     """
 
     def __init__(self, space: SearchSpace | str, in_chans: int = 3, norm_layer: type[nn.Module] | None = None,
-                 drop_path_rate: float = 0.0) -> None:
+                 drop_path_rate: float = 0.0, cell_stems: bool = False) -> None:
         super().__init__()
         self.space = SearchSpace.load(space)
+        self.cell_stems = bool(cell_stems)
         act_layer, norm_layer = resolve_layers(self.space.act, norm_layer)
         kw = dict(act_layer=act_layer, norm_layer=norm_layer, drop_path_rate=drop_path_rate)
         blocks = []
         for b in self.space.blocks:
-            stem = StudentStem(self.space.stem, in_chans, act_layer, norm_layer) if b.index == 0 else None
-            blocks.append(ChoiceBlock(b, stem, **kw))
+            if b.index != 0:
+                blocks.append(ChoiceBlock(b, None, **kw))
+            elif self.cell_stems:
+                stems = [StudentStem(self.space.stem, in_chans, act_layer, norm_layer) for _ in b.cells]
+                blocks.append(ChoiceBlock(b, cell_stems=stems, **kw))
+            else:
+                blocks.append(ChoiceBlock(b, StudentStem(self.space.stem, in_chans, act_layer, norm_layer), **kw))
         self.blocks = nn.ModuleList(blocks)
 
     @property

@@ -414,9 +414,10 @@ def stage_distill(ctx: Context) -> dict:
     if supernet_done(ctx):
         ctx.log(f"[distill] done before: {ctx.path('checkpoints', 'supernet_last.pt')} has all {d.epochs} epochs")
         return {"epoch": supernet_epochs(ctx), "resumed": True}
-    supernet = Supernet(ctx.space)
+    supernet = Supernet(ctx.space, cell_stems=d.cells == "parallel")
     teacher = build_teacher(ctx)
     kwargs: dict[str, Any] = dict(epochs=d.epochs, device=ctx.device, seed=ctx.cfg.seed, sampling=d.sampling,
+                                  cells=d.cells,
                                   checkpoint_every_steps=d.checkpoint_every_steps, tensorboard=False,
                                   progress=sys.stderr.isatty())
     if d.lr is not None:
@@ -428,8 +429,10 @@ def stage_distill(ctx: Context) -> dict:
                   augment=distill_augment(ctx))
     res = distill(supernet, teacher, ctx.loader("train"), ctx.run_dir, **kwargs)
     losses = ", ".join(f"{x:.4g}" for x in res.get("block_losses", []))
+    steps = "; ".join(f"block {i}: " + ", ".join(f"{b.cells[c].label} {n}" for c, n in enumerate(cs))
+                      for i, (b, cs) in enumerate(zip(ctx.space.blocks, res.get("cell_steps", []))))
     ctx.log(f"[distill] epoch {res.get('epoch')} of {d.epochs}{' (resumed)' if res.get('resumed') else ''}; "
-            f"block losses {losses}")
+            f"block losses {losses}; steps per cell ({d.cells}) {steps}")
     return res
 
 

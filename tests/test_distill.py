@@ -341,3 +341,107 @@ def test_gpu_bf16_channels_last_matches_fp32(tmp_path):
     assert min(ref) > 0.5
     for a, b in zip(out, ref):
         assert math.isclose(a, b, rel_tol=AMP_RTOL["bf16"]), (out, ref)
+
+
+# ---------------------------------------------------------------------------------------------- parallel cells
+def _one_cell_space(space: SearchSpace, cell: int) -> SearchSpace:
+    """``space`` with only cell ``cell`` (or its last cell, where it has fewer) in every block."""
+    spec = copy.deepcopy(space.to_dict())
+    for b in spec["blocks"]:
+        b["cells"] = [b["cells"][min(cell, len(b["cells"]) - 1)]]
+    return SearchSpace.from_dict(spec, name=f"{space.name}_cell{cell}")
+
+
+def _cell_key_map(full: Supernet, cell: int) -> dict[str, str]:
+    """single-cell supernet key -> full supernet key (cell ``cell`` of every block, block 0's stem of that cell)."""
+    out = {}
+    for key in full.state_dict():
+        parts = key.split(".")
+        if parts[2] == "stems" and int(parts[3]) == cell:
+            out[".".join(parts[:3] + ["0"] + parts[4:])] = key
+        elif parts[2] == "cells" and int(parts[3]) == min(cell, len(full.space.blocks[int(parts[1])].cells) - 1):
+            out[".".join(parts[:3] + ["0"] + parts[4:])] = key
+    return out
+
+
+def test_parallel_sampler_gives_each_cell_its_own_paths():
+    space = SearchSpace.load("dna_mini")
+    par = PathSampler(space, 3, "uniform", "parallel")
+    for i, b in enumerate(space.blocks):
+        paths = par.paths(i, 7)
+        assert [p.cell for p in paths] == list(range(len(b.cells)))
+        assert [len(p.ops) for p in paths] == [c.depth for c in b.cells]
+    # a cell's paths depend on (seed, block, the cell's depth and width, step) only: the same in a one-cell space
+    one = PathSampler(_one_cell_space(space, 1), 3, "uniform", "parallel")
+    assert [par.cell_path(1, 1, s).ops for s in range(50)] == [one.cell_path(1, 0, s).ops for s in range(50)]
+    # fair within a cell: in every cycle of K steps each op of each layer exactly once
+    fair = PathSampler(space, 3, "fair", "parallel")
+    k = len(space.blocks[1].ops)
+    for cycle in range(3):
+        paths = [fair.cell_path(1, 1, cycle * k + t) for t in range(k)]
+        for layer in range(3):
+            assert sorted(p.ops[layer] for p in paths) == list(range(k))
+    assert PathSampler(space, 3).paths(1, 5) == [PathSampler(space, 3)(1, 5)]  # shared: the one path
+    with pytest.raises(ValueError, match="cells"):
+        PathSampler(space, 3, "uniform", "both")
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "fair"])
+def test_parallel_cell_trains_like_a_supernet_of_that_cell_alone(tmp_path, sampling):
+    """distill(cells='parallel'): after N steps every cell's weights (with block 0's stem of that cell) equal those of a
+    supernet that holds only that cell, trained with the same seeds on the same batches."""
+    full, teacher = _models(0, cell_stems=True)
+    init = copy.deepcopy(full.state_dict())
+    res = distill(full, teacher, _Batches(n=3), tmp_path / "full", epochs=2, seed=5, sampling=sampling,
+                  cells="parallel", **FAST)
+    assert res["cell_steps"] == [[6] * len(b.cells) for b in full.space.blocks]
+    logged = __import__("json").loads((tmp_path / "full" / "distill" / "cell_steps.json").read_text())
+    assert logged == {"cells": "parallel", "steps": {"block0": {"d1w16": 6, "d2w16": 6},
+                                                     "block1": {"d2w24": 6, "d3w24": 6}, "block2": {"d3w32": 6},
+                                                     "block3": {"d1w48": 6, "d2w48": 6}}}
+    trained = full.state_dict()
+    for cell in (0, 1):
+        torch.manual_seed(99)
+        single = Supernet(_one_cell_space(full.space, cell), cell_stems=True)
+        keys = _cell_key_map(full, cell)
+        assert set(keys) == set(single.state_dict())
+        single.load_state_dict({k: init[v] for k, v in keys.items()})
+        distill(single, teacher, _Batches(n=3), tmp_path / f"cell{cell}", epochs=2, seed=5, sampling=sampling,
+                cells="parallel", **FAST)
+        for k, v in single.state_dict().items():
+            torch.testing.assert_close(v, trained[keys[k]], rtol=0, atol=1e-6, msg=k)
+
+
+def test_parallel_needs_a_stem_per_cell_and_shared_counts_steps(tmp_path):
+    supernet, teacher = _models(0)
+    with pytest.raises(ValueError, match="cell_stems=True"):
+        distill(supernet, teacher, _Batches(n=2), tmp_path / "p", epochs=1, cells="parallel", **FAST)
+    res = distill(supernet, teacher, _Batches(n=4), tmp_path / "s", epochs=1, seed=2, **FAST)
+    sampler = PathSampler(supernet.space, 2)
+    want = [[sum(sampler(i, s).cell == c for s in range(4)) for c in range(len(b.cells))]
+            for i, b in enumerate(supernet.space.blocks)]
+    assert res["cell_steps"] == want and all(sum(row) == 4 for row in want)
+
+
+def test_parallel_supernet_loads_rates_and_inherits_per_cell_stems(tmp_path):
+    from dna_fast import models
+    from dna_fast.rating import rate_block, rate_block_naive
+
+    supernet, teacher = _models(0, cell_stems=True)
+    distill(supernet, teacher, _Batches(n=2), tmp_path, epochs=1, cells="parallel", **FAST)
+    loaded = load_supernet(tmp_path)
+    assert loaded.cell_stems and loaded.blocks[0].stem is None and len(loaded.blocks[0].stems) == 2
+    _assert_same(loaded, supernet.eval())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        t = teacher.eval()(x, upto=1)[0]
+    fast = rate_block(loaded, 0, [(x, t)], calib=[x])
+    ref = rate_block_naive(loaded, 0, [(x, t)], calib=[x])
+    torch.testing.assert_close(torch.tensor(fast["loss"].to_numpy()), torch.tensor(ref["loss"].to_numpy()),
+                               rtol=1e-4, atol=1e-7)
+    space = loaded.space
+    choices = [space.candidates(i)[-1] for i in range(space.num_blocks)]  # block 0: a candidate of cell 1
+    child = models.build(space, choices, num_classes=10)
+    models.inherit_weights(child, loaded, choices)
+    torch.testing.assert_close(child.conv_stem.weight, loaded.blocks[0].stems[1].conv_stem.weight)

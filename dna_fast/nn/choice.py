@@ -50,15 +50,30 @@ class ChoiceCell(nn.Module):
 
 
 class ChoiceBlock(nn.Module):
-    """One supernet block: optional student stem (block 0) and one ``ChoiceCell`` per cell of the spec."""
+    """One supernet block: optional student stem (block 0) and one ``ChoiceCell`` per cell of the spec.
 
-    def __init__(self, spec: BlockSpec, stem: nn.Module | None = None, **op_kwargs) -> None:
+    Block 0 holds either one ``stem`` shared by its cells or (``cell_stems``, for ``distill.cells=parallel``) one
+    stem per cell, ``stems[c]``, so that each cell trains as the authors' one-run-per-depth supernet does.
+    """
+
+    def __init__(self, spec: BlockSpec, stem: nn.Module | None = None, *,
+                 cell_stems: Sequence[nn.Module] | None = None, **op_kwargs) -> None:
         super().__init__()
+        if stem is not None and cell_stems is not None:
+            raise ValueError("a block holds one shared stem or one stem per cell, not both")
+        if cell_stems is not None and len(cell_stems) != len(spec.cells):
+            raise ValueError(f"{len(cell_stems)} stems given for the {len(spec.cells)} cells of block {spec.index}")
         self.spec = spec
         self.stem = stem
-        cin = spec.in_chs if stem is None else spec.child_in_chs_options[0]
+        self.stems = nn.ModuleList(cell_stems) if cell_stems is not None else None
+        has_stem = stem is not None or cell_stems is not None
+        cin = spec.in_chs if not has_stem else spec.child_in_chs_options[0]
         self.cells = nn.ModuleList(
             ChoiceCell(spec.ops, cin, c.width, spec.out_chs, c.depth, spec.stride, **op_kwargs) for c in spec.cells)
+
+    def stem_for(self, cell: int) -> nn.Module | None:
+        """The stem a candidate of ``cell`` runs first (None for blocks after block 0)."""
+        return self.stems[cell] if self.stems is not None else self.stem
 
     def path(self, candidate: Candidate) -> list[nn.Module]:
         """The op modules a candidate runs, in order (without the stem)."""
@@ -69,8 +84,9 @@ class ChoiceBlock(nn.Module):
         return [layer.ops[k] for layer, k in zip(cell.layers, candidate.ops)]
 
     def forward(self, x: torch.Tensor, candidate: Candidate) -> torch.Tensor:
-        if self.stem is not None:
-            x = self.stem(x)
+        stem = self.stem_for(candidate.cell)
+        if stem is not None:
+            x = stem(x)
         for op in self.path(candidate):
             x = op(x)
         return x
