@@ -247,7 +247,20 @@ class RankCheckConfig:
     Attributes:
         enabled: run the stage as part of the pipeline (``--stages rank_check`` runs it regardless).
         analyze_only: train nothing; rebuild ``rank_check/results.json`` from the units already finished.
-        block_candidates: M, candidates per block trained alone (spread over each cell's rating range).
+        block_candidates: M, candidates per block trained alone (see ``block_selection``).
+        block_selection: how they are chosen: ``spread`` over each cell's rating range (lowest and highest rated
+            included), or ``random``: uniformly at random within each cell (the cells share M equally as far as
+            their sizes allow), without looking at any predictor: the draw a held-out confirmation needs.
+        block_candidates_from: a ``plan.json`` of another ranking check whose block candidates (and seed-noise
+            candidates) are trained here instead (e.g. the same units at another ``block_steps``).
+        seed: seed of the random selections and of the stand-alone trainings (default: the run's ``seed``); a new
+            seed gives a fresh set of units, trained with new seeds.
+        block_found_budgets: B, per-block MACs budgets (at the quantiles 1/(B+1) .. B/(B+1) of the block's MACs)
+            at which the best-rated candidate under the budget is trained against ``block_found_random`` random
+            candidates within ``macs_tolerance`` of its MACs (the nearest in MACs where fewer are that close),
+            each with ``block_found_seeds`` seeds: block-level found vs random (0: off).
+        equal_macs_tolerance: the equal-MACs statistic counts only pairs of candidates whose MACs are within this
+            fraction of each other (where MACs carry no information).
         block_steps: Adam steps of each stand-alone block (0: as many as the supernet block got in distillation).
         block_lr: Adam learning rate of the stand-alone blocks (cosine decay to 0).
         block_batch_size: batch of the stand-alone blocks.
@@ -275,6 +288,9 @@ class RankCheckConfig:
     enabled: bool = False
     analyze_only: bool = False
     block_candidates: int = 16
+    block_selection: str = "spread"
+    block_candidates_from: str = ""
+    seed: int | None = None
     block_steps: int = 400
     block_lr: float = 0.005
     block_batch_size: int = 64
@@ -291,6 +307,10 @@ class RankCheckConfig:
     found_random: int = 4
     found_seeds: int = 2
     macs_tolerance: float = 0.05
+    block_found_budgets: int = 0
+    block_found_random: int = 4
+    block_found_seeds: int = 2
+    equal_macs_tolerance: float = 0.10
     bootstrap: int = 2000
     workers: int = 1
     compare: str = ""
@@ -451,12 +471,19 @@ def validate(cfg: RunConfig) -> None:
               "matched_size": (rc.matched_size, 2), "network_epochs": (rc.network_epochs, 1),
               "network_train_images": (rc.network_train_images, 0), "noise_networks": (rc.noise_networks, 0),
               "found_random": (rc.found_random, 0), "found_seeds": (rc.found_seeds, 1), "bootstrap": (rc.bootstrap, 0),
-              "workers": (rc.workers, 1)}
+              "workers": (rc.workers, 1), "block_found_budgets": (rc.block_found_budgets, 0),
+              "block_found_random": (rc.block_found_random, 1), "block_found_seeds": (rc.block_found_seeds, 1)}
     for key, (v, lo) in rc_min.items():
         if v < lo:
             raise ConfigError(f"config key 'rank_check.{key}' must be at least {lo}, got {v}")
-    if rc.block_lr <= 0 or rc.macs_tolerance <= 0:
-        raise ConfigError("config keys 'rank_check.block_lr' and 'rank_check.macs_tolerance' must be positive")
+    if rc.block_lr <= 0 or rc.macs_tolerance <= 0 or rc.equal_macs_tolerance <= 0:
+        raise ConfigError("config keys 'rank_check.block_lr', 'rank_check.macs_tolerance' and "
+                          "'rank_check.equal_macs_tolerance' must be positive")
+    if rc.block_selection not in ("spread", "random"):
+        raise ConfigError(f"config key 'rank_check.block_selection': {rc.block_selection!r} is not spread or random")
+    if rc.block_candidates_from and not Path(rc.block_candidates_from).is_file():
+        raise ConfigError(f"config key 'rank_check.block_candidates_from': no plan file {rc.block_candidates_from!r} "
+                          "(give the plan.json of another ranking check)")
     for key in ("max_train_images", "max_val_images"):
         v = getattr(cfg.data, key)
         if v is not None and v < 1:

@@ -62,12 +62,19 @@ def _as_2d(a: np.ndarray) -> np.ndarray:
     return a[None] if a.ndim == 1 else a
 
 
-def _pair_sums(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row-wise (concordant - discordant, pairs not tied in x, pairs not tied in y) of (B, n) arrays."""
+def _pair_sums(x: np.ndarray, y: np.ndarray, near: np.ndarray | None = None, tol: float = 0.1
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-wise (concordant - discordant, pairs not tied in x, pairs not tied in y) of (B, n) arrays; with ``near``
+    (B, n) only the pairs whose ``near`` values are within ``tol`` of each other (relative to the larger) count."""
     x, y = _as_2d(x), _as_2d(y)
     iu = np.triu_indices(x.shape[1], 1)
     dx = np.sign(x[:, :, None] - x[:, None, :])[:, iu[0], iu[1]]
     dy = np.sign(y[:, :, None] - y[:, None, :])[:, iu[0], iu[1]]
+    if near is not None:
+        m = _as_2d(near)
+        a, b = m[:, :, None], m[:, None, :]
+        ok = (np.abs(a - b) <= tol * np.maximum(np.abs(a), np.abs(b)))[:, iu[0], iu[1]]
+        dx, dy = dx * ok, dy * ok
     return (dx * dy).sum(1), (dx != 0).sum(1).astype(np.float64), (dy != 0).sum(1).astype(np.float64)
 
 
@@ -105,18 +112,33 @@ def _groups(groups: Sequence[Any] | None, n: int) -> list[np.ndarray]:
     return [np.flatnonzero(g == v) for v in dict.fromkeys(g.tolist())]
 
 
-def stratified_tau(x: Sequence[float], y: Sequence[float], groups: Sequence[Any] | None = None) -> float:
+def stratified_tau(x: Sequence[float], y: Sequence[float], groups: Sequence[Any] | None = None,
+                   near: Sequence[float] | None = None, tol: float = 0.1) -> float:
     """Kendall's tau-b counting only pairs within one group: sum(C - D) / sqrt(sum pairs untied in x * in y).
 
-    With one group it is :func:`kendall_tau`. Pools blocks (whose losses have different scales) or cells.
+    With one group it is :func:`kendall_tau`. Pools blocks (whose losses have different scales) or cells. With
+    ``near`` (e.g. MACs) only the pairs whose ``near`` values lie within ``tol`` of each other count: the
+    equal-MACs tau, where MACs carry no information.
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
+    m = None if near is None else np.asarray(near, float)
     s = nx = ny = 0.0
     for idx in _groups(groups, len(x)):
         if len(idx) > 1:
-            a, b, c = _pair_sums(x[idx], y[idx])
+            a, b, c = _pair_sums(x[idx], y[idx], None if m is None else m[idx], tol)
             s, nx, ny = s + a[0], nx + b[0], ny + c[0]
     return float(s / math.sqrt(nx * ny)) if nx * ny > 0 else float("nan")
+
+
+def count_near_pairs(near: Sequence[float], groups: Sequence[Any] | None = None, tol: float = 0.1) -> int:
+    """Pairs (within one group) whose ``near`` values lie within ``tol`` of each other."""
+    m = np.asarray(near, float)
+    n = 0
+    for idx in _groups(groups, len(m)):
+        a, b = m[idx][:, None], m[idx][None, :]
+        ok = np.abs(a - b) <= tol * np.maximum(np.abs(a), np.abs(b))
+        n += int(np.triu(ok, 1).sum())
+    return n
 
 
 def stratified_rho(x: Sequence[float], y: Sequence[float], groups: Sequence[Any] | None = None) -> float:
@@ -138,7 +160,8 @@ def _boot_indices(groups: list[np.ndarray], n_boot: int, seed: int) -> list[np.n
 
 
 def bootstrap_ci(x: Sequence[float], y: Sequence[float], stat: str = "tau", groups: Sequence[Any] | None = None,
-                 n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+                 n_boot: int = 2000, seed: int = 0, level: float = 0.95, near: Sequence[float] | None = None,
+                 tol: float = 0.1) -> tuple[float, float]:
     """Percentile bootstrap interval of a rank statistic; pairs are resampled within each group.
 
     Args:
@@ -148,6 +171,7 @@ def bootstrap_ci(x: Sequence[float], y: Sequence[float], stat: str = "tau", grou
             resampling 3 or 4 points says nothing about the uncertainty. Smaller groups next to such a group (a
             pooled statistic over cells of 3 and 8 candidates) are resampled too: they add their few pairs.
         seed: the interval is a pure function of the data and the seed.
+        near, tol: ``stat="tau"`` over the pairs whose ``near`` values lie within ``tol`` (:func:`stratified_tau`).
 
     Returns:
         ``(low, high)``.
@@ -156,12 +180,12 @@ def bootstrap_ci(x: Sequence[float], y: Sequence[float], stat: str = "tau", grou
     boot = _resamples(len(x), stat, groups, n_boot, seed)
     if boot is None:
         return float("nan"), float("nan")
-    return _interval(_boot_values(x, y, stat, boot), level)
+    return _interval(_boot_values(x, y, stat, boot, near, tol), level)
 
 
 def bootstrap_diff_ci(x1: Sequence[float], x2: Sequence[float], y: Sequence[float], stat: str = "tau",
-                      groups: Sequence[Any] | None = None, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-                      ) -> tuple[float, float]:
+                      groups: Sequence[Any] | None = None, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                      near: Sequence[float] | None = None, tol: float = 0.1) -> tuple[float, float]:
     """Paired percentile-bootstrap interval of ``stat(x1, y) - stat(x2, y)``: both predictors scored on the same
     resamples, so the interval says whether ``x1`` ranks ``y`` better than ``x2`` beyond the sampling noise (an
     interval above 0) rather than comparing two overlapping intervals. Same rules as :func:`bootstrap_ci`."""
@@ -169,7 +193,7 @@ def bootstrap_diff_ci(x1: Sequence[float], x2: Sequence[float], y: Sequence[floa
     boot = _resamples(len(y), stat, groups, n_boot, seed)
     if boot is None:
         return float("nan"), float("nan")
-    return _interval(_boot_values(x1, y, stat, boot) - _boot_values(x2, y, stat, boot), level)
+    return _interval(_boot_values(x1, y, stat, boot, near, tol) - _boot_values(x2, y, stat, boot, near, tol), level)
 
 
 def _resamples(n: int, stat: str, groups: Sequence[Any] | None, n_boot: int, seed: int) -> list[np.ndarray] | None:
@@ -181,12 +205,16 @@ def _resamples(n: int, stat: str, groups: Sequence[Any] | None, n_boot: int, see
     return _boot_indices(gs, n_boot, seed)
 
 
-def _boot_values(x: np.ndarray, y: np.ndarray, stat: str, boot: list[np.ndarray]) -> np.ndarray:
+def _boot_values(x: np.ndarray, y: np.ndarray, stat: str, boot: list[np.ndarray],
+                 near: Sequence[float] | None = None, tol: float = 0.1) -> np.ndarray:
     """The (stratified) statistic of every resample (nan where undefined)."""
+    if near is not None and stat != "tau":
+        raise ValueError("only tau can be restricted to pairs of near values")
+    m = None if near is None else np.asarray(near, float)
     if stat == "tau":
         s = nx = ny = 0.0
         for b in boot:
-            a, c, d = _pair_sums(x[b], y[b])
+            a, c, d = _pair_sums(x[b], y[b], None if m is None else m[b], tol)
             s, nx, ny = s + a, nx + c, ny + d
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(nx * ny > 0, s / np.sqrt(nx * ny), np.nan)
@@ -242,6 +270,66 @@ def _unique_rows(table: Any) -> Any:
     return table[~table.index.duplicated(keep="first")]
 
 
+def _cell_shares(space: Any, i: int, m: int) -> tuple[dict[int, list[str]], dict[int, int]]:
+    """Block ``i``'s candidates by cell, and how ``m`` of them are shared among the cells: as evenly as they can (a
+    cell with fewer candidates than its share gives the rest to the others)."""
+    by_cell: dict[int, list[str]] = {}
+    for c in space.candidates(i):
+        by_cell.setdefault(c.cell, []).append(str(c))
+    sizes = {c: len(v) for c, v in by_cell.items()}
+    share = dict.fromkeys(sizes, 0)
+    left = min(m, sum(sizes.values()))
+    while left:  # round robin over cells with room
+        for c in sorted(sizes, key=lambda c: (share[c], -sizes[c])):
+            if share[c] < sizes[c]:
+                share[c] += 1
+                left -= 1
+                break
+    return by_cell, share
+
+
+def select_random_candidates(space: Any, i: int, m: int, seed: int) -> list[str]:
+    """``m`` candidates of block ``i`` drawn uniformly at random (without replacement) within each cell, the cells
+    sharing ``m`` as in :func:`select_block_candidates`; no predictor is looked at. A pure function of the seed."""
+    import random
+
+    by_cell, share = _cell_shares(space, i, m)
+    out = []
+    for c, names in by_cell.items():
+        rng = random.Random(f"rank-check-random-{seed}-{i}-{c}")
+        out += sorted(rng.sample(names, share[c]), key=names.index)
+    return out
+
+
+def select_block_found(space: Any, i: int, table: Any, budgets: int, n_random: int, tolerance: float, seed: int,
+                       metric: str = "loss") -> list[dict[str, Any]]:
+    """Block-level found vs random: at ``budgets`` MACs budgets of block ``i`` (the quantiles 1/(B+1) .. B/(B+1) of
+    its candidates' MACs), the best-rated candidate under the budget (``found``) and ``n_random`` others drawn at
+    random among those within ``tolerance`` of its MACs; where fewer are that close, all of them and then the
+    nearest in MACs (``tolerance_used`` says how far the farthest one is)."""
+    import random
+
+    t = _unique_rows(table)
+    macs = t["macs"].astype(float)
+    out = []
+    for k in range(budgets):
+        q = (k + 1) / (budgets + 1)
+        budget = float(np.quantile(macs.to_numpy(), q))
+        found = str(t.loc[macs <= budget, metric].sort_values(kind="mergesort").index[0])
+        fm = float(macs[found])
+        others = [str(n) for n in t.index if str(n) != found]
+        near = [n for n in others if abs(macs[n] - fm) <= tolerance * fm]
+        rng = random.Random(f"rank-check-found-{seed}-{i}-{k}")
+        if len(near) >= n_random:
+            pick = rng.sample(near, n_random)
+        else:
+            rest = sorted((n for n in others if n not in near), key=lambda n: (abs(macs[n] - fm), n))
+            pick = near + rest[: n_random - len(near)]
+        out.append({"budget": int(budget), "quantile": q, "found": found, "random": pick,
+                    "tolerance_used": max((abs(macs[n] - fm) / fm for n in pick), default=0.0)})
+    return out
+
+
 def select_block_candidates(space: Any, i: int, table: Any, m: int, metric: str = "loss") -> list[str]:
     """``m`` candidates of block ``i`` spread over each cell's rating range (lowest and highest rated included).
 
@@ -249,20 +337,7 @@ def select_block_candidates(space: Any, i: int, table: Any, m: int, metric: str 
     others); within a cell, the candidates at evenly spaced ranks of ``metric``.
     """
     t = _unique_rows(table)
-    cands = space.candidates(i)
-    by_cell: dict[int, list[str]] = {}
-    for c in cands:
-        by_cell.setdefault(c.cell, []).append(str(c))
-    sizes = {c: len(v) for c, v in by_cell.items()}
-    m = min(m, sum(sizes.values()))
-    share = dict.fromkeys(sizes, 0)
-    left = m
-    while left:  # round robin over cells with room
-        for c in sorted(sizes, key=lambda c: (share[c], -sizes[c])):
-            if share[c] < sizes[c]:
-                share[c] += 1
-                left -= 1
-                break
+    by_cell, share = _cell_shares(space, i, m)
     out = []
     for c, names in by_cell.items():
         if not share[c]:
@@ -448,8 +523,11 @@ def select_networks(model: _CostModel, k: int, groups: int, group_size: int, tol
     return out
 
 
-def found_vs_random(found: Sequence[float], randoms: dict[str, Sequence[float]]) -> dict[str, Any]:
+def found_vs_random(found: Sequence[float], randoms: dict[str, Sequence[float]], unit: str = "points"
+                    ) -> dict[str, Any]:
     """Found architecture's accuracies over seeds vs random architectures' (each over seeds).
+
+    Higher is better (give minus the loss of stand-alone blocks, with ``unit="loss"`` for the verdict's wording).
 
     ``beats_random`` is true only when the found mean is above the random mean by more than twice the standard
     error of that difference (seed noise of the found one plus the spread of the random architectures' means) and
@@ -477,11 +555,14 @@ def found_vs_random(found: Sequence[float], randoms: dict[str, Sequence[float]])
         t = stats.ttest_ind(f, allr, equal_var=False, alternative="greater")
     beats = bool(diff > 2 * se and t.pvalue < 0.05)
     rank = int((means >= f.mean()).sum())
+    fmt = (lambda v: f"{v:+.2f} points") if unit == "points" else (lambda v: f"{v:+.3g} {unit}")
+    two_se = f"{2 * se:.2f}" if unit == "points" else f"{2 * se:.3g}"
+    what = "architectures" if unit == "points" else "candidates"
     res.update(diff=_num(diff), se=_num(se), p_welch=_num(float(t.pvalue)), beats_random=beats,
                random_at_or_above=rank,
-               verdict=(f"found beats random beyond seed noise (+{diff:.2f} points, 2 SE = {2 * se:.2f})" if beats
-                        else f"found does NOT beat random beyond seed noise ({diff:+.2f} points vs 2 SE = "
-                             f"{2 * se:.2f}; Welch p = {t.pvalue:.2g}; {rank} of {len(means)} random architectures "
+               verdict=(f"found beats random beyond seed noise ({fmt(diff)}, 2 SE = {two_se})" if beats
+                        else f"found does NOT beat random beyond seed noise ({fmt(diff)} vs 2 SE = "
+                             f"{two_se}; Welch p = {t.pvalue:.2g}; {rank} of {len(means)} random {what} "
                              "at or above it)"))
     return res
 
@@ -491,6 +572,72 @@ def _orient(metric: str, values: Sequence[float]) -> np.ndarray:
     """Predicted quality: minus a rating (lower is better), plus a cost (bigger is better)."""
     v = np.asarray(values, float)
     return v if metric.split(":")[-1] in COST_METRICS else -v
+
+
+def equal_macs_stats(rows: list[dict], metrics: list[str], truth: np.ndarray, groups: Any, n_boot: int, seed: int,
+                     tol: float = 0.1) -> dict[str, Any]:
+    """Kendall tau over the pairs of candidates (within one group) whose MACs lie within ``tol`` of each other, for
+    every metric, with its bootstrap interval and, for a rating, ``minus_macs`` (paired): the order among
+    candidates of about the same cost, which is what a search under a budget needs from a rating."""
+    macs = np.array([r["macs"] for r in rows], float)
+    out: dict[str, Any] = {"pairs": count_near_pairs(macs, groups, tol), "tolerance": tol}
+    pred = {}
+    for j, m in enumerate(metrics):
+        vals = [r.get(m) for r in rows]
+        if any(v is None for v in vals):
+            continue
+        pred[m] = _orient(m, vals)
+        lo, hi = bootstrap_ci(pred[m], truth, "tau", groups, n_boot, seed + 10 * j, near=macs, tol=tol)
+        out[m] = {"n": len(rows), "tau": _num(stratified_tau(pred[m], truth, groups, near=macs, tol=tol)),
+                  "tau_ci": [_num(lo), _num(hi)]}
+    if "macs" in pred:
+        for m in pred:
+            if m in COST_METRICS or out[m]["tau"] is None or out["macs"]["tau"] is None:
+                continue
+            lo, hi = bootstrap_diff_ci(pred[m], pred["macs"], truth, "tau", groups, n_boot, seed + 7, near=macs,
+                                       tol=tol)
+            out[m]["minus_macs"] = {"tau": _num(out[m]["tau"] - out["macs"]["tau"]), "tau_ci": [_num(lo), _num(hi)]}
+    return out
+
+
+def block_found_vs_random(plan: dict, blocks: list[dict], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Block-level found vs random (``plan["block_found"]``): per block and budget the found candidate's stand-alone
+    losses over seeds against the random candidates' (:func:`found_vs_random`, lower loss = better), and pooled
+    over all cases: the mean relative gain ``(random mean - found mean) / random mean`` with a bootstrap interval
+    over the cases, and how many cases the found one wins beyond seed noise."""
+    bf = plan.get("block_found") or {}
+    seeds = plan.get("block_found_seeds", [])
+    loss = {(u["block"], u["candidate"], u["seed"]): u["val_loss"] for u in blocks}
+    out: dict[str, Any] = {"per_block": {}}
+    gains, wins, cases = [], 0, 0
+    for b, bcases in bf.items():
+        rows = []
+        for case in bcases:
+            f = [loss[(int(b), case["found"], s)] for s in seeds if (int(b), case["found"], s) in loss]
+            rnd = {}
+            for c in case["random"]:
+                v = [loss[(int(b), c, s)] for s in seeds if (int(b), c, s) in loss]
+                if v:
+                    rnd[c] = v
+            res = found_vs_random([-x for x in f], {c: [-x for x in v] for c, v in rnd.items()}, unit="loss")
+            res.update(budget=case["budget"], found_candidate=case["found"], tolerance_used=case["tolerance_used"])
+            if res["diff"] is not None:
+                cases += 1
+                wins += bool(res["beats_random"])
+                gains.append(res["diff"] / -res["random_mean"])  # (random loss - found loss) / random loss
+            rows.append(res)
+        out["per_block"][b] = rows
+    out["cases"], out["found_wins"] = cases, wins
+    if gains:
+        g = np.array(gains)
+        lo = hi = float("nan")
+        if n_boot > 0 and len(g) >= MIN_BOOTSTRAP_N:
+            rng = np.random.default_rng(seed)
+            means = g[rng.integers(0, len(g), size=(n_boot, len(g)))].mean(1)
+            lo, hi = _interval(means, 0.95)
+        out["mean_gain"] = {"value": _num(float(g.mean())), "ci": [_num(lo), _num(hi)],
+                            "found_better_in": int((g > 0).sum())}
+    return out
 
 
 def _metric_stats(rows: list[dict], metrics: list[str], truth: np.ndarray, groups: Any, n_boot: int, seed: int
@@ -514,14 +661,15 @@ def _metric_stats(rows: list[dict], metrics: list[str], truth: np.ndarray, group
     return out
 
 
-def analyze(plan: dict, blocks: list[dict], networks: dict[str, dict], n_boot: int = 2000, seed: int = 0
-            ) -> dict[str, Any]:
+def analyze(plan: dict, blocks: list[dict], networks: dict[str, dict], n_boot: int = 2000, seed: int = 0,
+            equal_macs_tolerance: float = 0.1) -> dict[str, Any]:
     """results.json from the plan and the finished units (any subset; ``complete`` says whether all are done).
 
     Args:
         plan: ``rank_check/plan.json`` (candidates with their ratings and costs, networks with theirs).
         blocks: finished block units (:func:`train_block_candidate` results).
         networks: name -> ``{"acc": ..., "seed": ...}`` of finished network units.
+        equal_macs_tolerance: the equal-MACs tau counts pairs whose MACs are within this fraction of each other.
     """
     res: dict[str, Any] = {"orientation": "positive tau / rho = the predictor ranks like stand-alone training "
                                           "(low rating -> low stand-alone loss / high accuracy; proxies: bigger "
@@ -540,6 +688,7 @@ def analyze(plan: dict, blocks: list[dict], networks: dict[str, dict], n_boot: i
             info["all"] = _metric_stats(rows, metrics, truth, None, n_boot, seed)
             cells = [r["cell"] for r in rows]
             info["within_cells"] = _metric_stats(rows, metrics, truth, cells, n_boot, seed + 1)
+            info["equal_macs"] = equal_macs_stats(rows, metrics, truth, None, n_boot, seed + 8, equal_macs_tolerance)
             info["cells"] = {}
             for c in sorted(set(cells)) if len(set(cells)) > 1 else ():
                 sub = [r for r in rows if r["cell"] == c]
@@ -567,6 +716,10 @@ def analyze(plan: dict, blocks: list[dict], networks: dict[str, dict], n_boot: i
         res["block_level"]["pooled"] = _metric_stats(pooled_rows, metrics, t, pooled_block, n_boot, seed + 3)
         res["block_level"]["pooled_within_cells"] = _metric_stats(pooled_rows, metrics, t, pooled_cell, n_boot,
                                                                   seed + 4)
+        res["block_level"]["pooled_equal_macs"] = equal_macs_stats(pooled_rows, metrics, t, pooled_block, n_boot,
+                                                                   seed + 9, equal_macs_tolerance)
+    if plan.get("block_found"):
+        res["block_found_vs_random"] = block_found_vs_random(plan, blocks, n_boot, seed + 11)
     # --- network level
     net_metrics = plan["network_metrics"]
     nets = plan["networks"]
@@ -650,10 +803,19 @@ def write_section(results: dict, path: str | Path | None = None) -> str:
                                                         for m in metrics) + " | | |")
             for c, cs in info.get("cells", {}).items():
                 L.append(f"| {b} cell {c} | | " + " | ".join(_fmt_stat(cs.get(m)) for m in metrics) + " | | |")
-        for key, label in (("pooled", "pooled (all cells)"), ("pooled_within_cells", "pooled within cells")):
+        for key, label in (("pooled", "pooled (all cells)"), ("pooled_within_cells", "pooled within cells"),
+                           ("pooled_equal_macs", "pooled, equal-MACs pairs")):
             if bl.get(key):
                 L.append(f"| **{label}** | | " + " | ".join(_fmt_stat(bl[key].get(m)) for m in metrics) + " | | |")
         L.append("")
+        eq = bl.get("pooled_equal_macs")
+        if eq:
+            L += [f"Equal-MACs pairs: only the {eq['pairs']} pairs of candidates of one block whose MACs lie within "
+                  f"{100 * eq['tolerance']:.0f} % of each other count (the order a search under a budget needs; "
+                  "MACs say little there). Per block: " + "; ".join(
+                      f"block {b} {_fmt_stat((info.get('equal_macs') or {}).get('loss'))} "
+                      f"({(info.get('equal_macs') or {}).get('pairs', 0)} pairs)"
+                      for b, info in bl["per_block"].items()) + ".", ""]
         if bl.get("pooled"):
             L += ["Spearman rho, pooled (all cells): " + "; ".join(f"{m} {_fmt_rho(bl['pooled'].get(m))}"
                                                                   for m in metrics), ""]
@@ -662,7 +824,30 @@ def write_section(results: dict, path: str | Path | None = None) -> str:
                 if diffs:
                     L += [f"Rating tau minus the MACs proxy's, {label} (paired bootstrap; an interval above 0 = "
                           f"ranks better than MACs): {diffs}", ""]
+        diffs = _fmt_diffs(bl.get("pooled_equal_macs") or {}, metrics)
+        if diffs:
+            L += [f"Rating tau minus the MACs proxy's over the equal-MACs pairs (paired bootstrap): {diffs}", ""]
         L += ["![rating vs stand-alone loss](rank_check/blocks.png)", ""]
+    bfv = results.get("block_found_vs_random")
+    if bfv and bfv.get("per_block"):
+        L += ["### Block level: found vs random at equal MACs", "",
+              "Per block and MACs budget: the best-rated candidate under the budget against random candidates of "
+              "about its MACs, each trained alone with several seeds (stand-alone val loss, lower is better).", "",
+              "| block | budget (MACs) | found | found loss | random mean | verdict |", "|---|---:|---|---:|---:|---|"]
+        for b, rows in bfv["per_block"].items():
+            for r in rows:
+                fm = r["found"]["mean"]
+                rm = r.get("random_mean")
+                L.append(f"| {b} | {r['budget']} | {r['found_candidate']} | {f'{fm:.4g}' if fm is not None else '-'} "
+                         f"| {f'{rm:.4g}' if rm is not None else '-'} | {r['verdict']} |")
+        g = bfv.get("mean_gain")
+        if g:
+            lo, hi = g["ci"]
+            ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None else ""
+            L += ["", f"Pooled over {bfv['cases']} cases: mean relative gain of found over random "
+                  f"(random loss - found loss) / random loss {g['value']:+.3f}{ci}; found better in "
+                  f"{g['found_better_in']} of {bfv['cases']}, beyond seed noise in {bfv['found_wins']}."]
+        L.append("")
     nl = results.get("network_level", {})
     nm = results.get("network_metrics", [])
     if nl.get("planned"):
@@ -730,6 +915,16 @@ def closing_lines(results: dict, cfg: Any = None) -> list[str]:
     out.append("  " + _judge((bl.get("pooled_within_cells") or {}).get("loss"),
                              (bl.get("pooled_within_cells") or {}).get("macs"),
                              "block level, within cells", "MACs"))
+    if bl.get("pooled_equal_macs"):
+        out.append("  " + _judge(bl["pooled_equal_macs"].get("loss"), bl["pooled_equal_macs"].get("macs"),
+                                 "block level, pairs of about equal MACs", "MACs"))
+    bfv = results.get("block_found_vs_random")
+    if bfv and bfv.get("mean_gain"):
+        g = bfv["mean_gain"]
+        out.append(f"  block level, found vs random at equal MACs: found better in {g['found_better_in']} of "
+                   f"{bfv['cases']} cases (beyond seed noise in {bfv['found_wins']}); mean relative gain "
+                   f"{g['value']:+.3f}" + (f" [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]" if g['ci'][0] is not None
+                                            else ""))
     nl = results.get("network_level", {})
     if nl.get("planned", 1):
         out.append("  " + _judge((nl.get("all") or {}).get("loss"), (nl.get("all") or {}).get("macs"),
@@ -795,32 +990,58 @@ def _unit_name(candidate: str, seed: int) -> str:
 
 
 def build_plan(space: Any, tables: Sequence[Any], cfg: Any, *, seed: int, image_size: int, num_classes: int,
-               found: dict | None, controls: dict[str, dict] | None, compare: dict[str, Sequence[Any]] | None = None
-               ) -> dict[str, Any]:
-    """Everything the study will train, with the predictors of each unit (written once to ``plan.json``)."""
+               found: dict | None, controls: dict[str, dict] | None, compare: dict[str, Sequence[Any]] | None = None,
+               candidates_from: dict | None = None) -> dict[str, Any]:
+    """Everything the study will train, with the predictors of each unit (written once to ``plan.json``).
+
+    ``candidates_from``: another plan whose block candidates and seed-noise candidates are taken as they are.
+    """
     rc = cfg
     metrics = rating_metrics(tables[0])
     compare = compare or {}
-    plan: dict[str, Any] = {"seed": seed, "blocks": {}, "noise": {}, "block_metrics": [], "network_metrics": []}
+    plan: dict[str, Any] = {"seed": seed, "blocks": {}, "noise": {}, "block_metrics": [], "network_metrics": [],
+                            "selection": "from " + str(candidates_from.get("source", "a plan")) if candidates_from
+                            else getattr(rc, "block_selection", "spread")}
     plan["block_metrics"] = metrics + [f"{lab}:{m}" for lab in compare for m in metrics
                                        if all(m in t.columns for t in compare[lab])] + list(COST_METRICS)
+
+    def entry(i: int, c: str) -> dict[str, Any]:
+        t1 = _unique_rows(tables[i])
+        e = {"candidate": c, "cell": space.parse(i, c).cell}
+        e.update({m: float(t1.at[c, m]) for m in metrics})
+        for lab, ts in compare.items():
+            u = _unique_rows(ts[i])
+            e.update({f"{lab}:{m}": float(u.at[c, m]) for m in metrics if m in u.columns})
+        e.update({k: int(t1.at[c, k]) for k in COST_METRICS})
+        return e
+
     for i, t in enumerate(tables):
         t1 = _unique_rows(t)
-        chosen = select_block_candidates(space, i, t, rc.block_candidates)
-        entries = []
-        for c in chosen:
-            e = {"candidate": c, "cell": space.parse(i, c).cell}
-            e.update({m: float(t1.at[c, m]) for m in metrics})
-            for lab, ts in compare.items():
-                u = _unique_rows(ts[i])
-                e.update({f"{lab}:{m}": float(u.at[c, m]) for m in metrics if m in u.columns})
-            e.update({k: int(t1.at[c, k]) for k in COST_METRICS})
-            entries.append(e)
-        plan["blocks"][str(i)] = entries
+        if candidates_from:
+            chosen = [e["candidate"] for e in candidates_from["blocks"].get(str(i), [])]
+        elif plan["selection"] == "random":
+            chosen = select_random_candidates(space, i, rc.block_candidates, seed)
+        else:
+            chosen = select_block_candidates(space, i, t, rc.block_candidates)
+        plan["blocks"][str(i)] = [entry(i, c) for c in chosen]
+        if candidates_from:
+            plan["noise"][str(i)] = list(candidates_from.get("noise", {}).get(str(i), []))[: rc.noise_candidates]
+            continue
         # seed noise: the lowest-, middle- and highest-rated of the chosen ones
         pos = np.unique(np.round(np.linspace(0, len(chosen) - 1, min(rc.noise_candidates, len(chosen)))).astype(int))
         ranked = sorted(chosen, key=lambda c: t1.at[c, "loss" if "loss" in metrics else metrics[0]])
         plan["noise"][str(i)] = [ranked[p] for p in pos] if rc.noise_candidates else []
+    budgets = getattr(rc, "block_found_budgets", 0)
+    if budgets:
+        plan["block_found"] = {}
+        plan["block_found_seeds"] = [seed + s for s in range(rc.block_found_seeds)]
+        plan["extra_entries"] = {}
+        for i, t in enumerate(tables):
+            cases = select_block_found(space, i, t, budgets, rc.block_found_random, rc.macs_tolerance, seed)
+            plan["block_found"][str(i)] = cases
+            have = {e["candidate"] for e in plan["blocks"][str(i)]}
+            extra = {c: entry(i, c) for case in cases for c in [case["found"], *case["random"]] if c not in have}
+            plan["extra_entries"][str(i)] = list(extra.values())
     model = _CostModel(space, tables, image_size, num_classes)
     plan["network_metrics"] = model.metrics + list(COST_METRICS)
     nets = select_networks(model, rc.networks, rc.matched_groups, rc.matched_size, rc.macs_tolerance, seed)
@@ -871,14 +1092,21 @@ def units(plan: dict, noise_seeds: int) -> list[tuple[str, Any]]:
     """The stand-alone trainings in the order they run: cheap block units first, then networks.
 
     Block units go round-robin over blocks, each block's candidates in spread order (:func:`_block_order`), so a
-    study stopped early still covers every block, cell and rating range. ``("block", (block, candidate, seed))``
-    or ``("net", (name, entry, seed))``.
+    study stopped early still covers every block, cell and rating range; then block-level found vs random (seed by
+    seed, budget by budget), the seed-noise repeats, and the networks. A unit planned twice runs once.
+    ``("block", (block, candidate, seed))`` or ``("net", (name, entry, seed))``.
     """
     s0 = plan["seed"]
     out: list[tuple[str, Any]] = []
     orders = {int(b): _block_order(es) for b, es in plan["blocks"].items()}
     for k in range(max(map(len, orders.values()), default=0)):
         out += [("block", (b, o[k]["candidate"], s0)) for b, o in orders.items() if k < len(o)]
+    bf = plan.get("block_found") or {}
+    for s in plan.get("block_found_seeds", []):
+        for k in range(max(map(len, bf.values()), default=0)):
+            for b, cases in bf.items():
+                if k < len(cases):
+                    out += [("block", (int(b), c, s)) for c in [cases[k]["found"], *cases[k]["random"]]]
     for b, cands in plan["noise"].items():
         out += [("block", (int(b), c, s0 + k)) for c in cands for k in range(1, noise_seeds)]
     fv = plan.get("found_vs_random")
@@ -891,6 +1119,28 @@ def units(plan: dict, noise_seeds: int) -> list[tuple[str, Any]]:
             out += [("net", ("found", fv["found"], s))]
             out += [("net", (n, plan["controls"][n], s)) for n in fv["random"]]
     out += [("net", (n, plan["networks"][n], s)) for n in plan["noise_networks"] for s in plan["noise_seeds_net"][1:]]
+    return _dedupe(out)
+
+
+def _dedupe(todo: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The units in order, each block unit (block, candidate, seed) once (a candidate may be planned twice)."""
+    seen: set[tuple] = set()
+    out = []
+    for kind, spec in todo:
+        key = (kind, spec) if kind == "block" else (kind, spec[0], spec[2])
+        if key not in seen:
+            seen.add(key)
+            out.append((kind, spec))
+    return out
+
+
+def plan_entries(plan: dict) -> dict[tuple[int, str], dict]:
+    """(block, candidate) -> the plan's entry (ratings and costs) of every candidate any block unit trains."""
+    out = {}
+    for key in ("blocks", "extra_entries"):
+        for b, entries in (plan.get(key) or {}).items():
+            for e in entries:
+                out.setdefault((int(b), e["candidate"]), e)
     return out
 
 
@@ -921,23 +1171,61 @@ def attach_compare(plan: dict, compare: dict[str, Sequence[Any]] | None) -> dict
     for lab, tables in compare.items():
         us = [_unique_rows(t) for t in tables]
         new = [f"{lab}:{m}" for m in metrics if all(m in u.columns for u in us)]
-        for b, entries in plan["blocks"].items():
-            for e in entries:
-                e.update({k: float(us[int(b)].at[e["candidate"], k.split(":", 1)[1]]) for k in new})
+        for key in ("blocks", "extra_entries"):
+            for b, entries in (plan.get(key) or {}).items():
+                for e in entries:
+                    e.update({k: float(us[int(b)].at[e["candidate"], k.split(":", 1)[1]]) for k in new})
         plan["block_metrics"] = [m for m in plan["block_metrics"] if m not in COST_METRICS and m not in new] + new \
             + [m for m in plan["block_metrics"] if m in COST_METRICS]
     return plan
 
 
+def units_table(plan: dict, blocks: list[dict]) -> Any:
+    """One row per finished block unit: block, cell, candidate, seed, steps, stand-alone val loss, its roles in the
+    plan, MACs, params and every rating the plan holds (with ``compare`` runs attached: theirs too), so that every
+    statistic can be recomputed from this table alone (``rank_check/units.csv``)."""
+    import pandas as pd
+
+    entries = plan_entries(plan)
+    s0 = plan["seed"]
+    ratings = [m for m in plan["block_metrics"] if m not in COST_METRICS]
+    roles: dict[tuple[int, str, int], list[str]] = {}
+    for b, es in plan["blocks"].items():
+        for e in es:
+            roles.setdefault((int(b), e["candidate"], s0), []).append("planned")
+    for b, cands in plan["noise"].items():
+        for c in cands:
+            roles.setdefault((int(b), c, -1), []).append("noise")
+    for b, cases in (plan.get("block_found") or {}).items():
+        for k, case in enumerate(cases):
+            for s in plan.get("block_found_seeds", []):
+                roles.setdefault((int(b), case["found"], s), []).append(f"found{k}")
+                for c in case["random"]:
+                    roles.setdefault((int(b), c, s), []).append(f"random{k}")
+    rows = []
+    for u in sorted(blocks, key=lambda u: (u["block"], u["candidate"], u["seed"])):
+        b, c = u["block"], u["candidate"]
+        e = entries.get((b, c), {})
+        r = roles.get((b, c, u["seed"]), []) + roles.get((b, c, -1), [])
+        rows.append({"block": b, "cell": u["cell"], "candidate": c, "seed": u["seed"], "steps": u.get("steps"),
+                     "val_loss": u["val_loss"], "train_loss_end": u.get("train_loss_end"),
+                     "seconds": u.get("seconds"), "roles": " ".join(dict.fromkeys(r)),
+                     "macs": e.get("macs"), "params": e.get("params"), **{m: e.get(m) for m in ratings}})
+    return pd.DataFrame(rows, columns=["block", "cell", "candidate", "seed", "steps", "val_loss", "train_loss_end",
+                                       "seconds", "roles", "macs", "params", *ratings])
+
+
 def refresh(out_dir: Path, plan: dict, noise_seeds: int, n_boot: int, seed: int, extra: dict | None = None,
-            plots: bool = True, compare: dict[str, Sequence[Any]] | None = None) -> dict[str, Any]:
-    """Rebuilds ``results.json``, ``report.md`` and (``plots``) the plots from the finished units (with the
-    ratings of ``compare`` runs scored too, see :func:`attach_compare`)."""
+            plots: bool = True, compare: dict[str, Sequence[Any]] | None = None, equal_macs_tolerance: float = 0.1
+            ) -> dict[str, Any]:
+    """Rebuilds ``results.json``, ``units.csv``, ``report.md`` and (``plots``) the plots from the finished units
+    (with the ratings of ``compare`` runs scored too, see :func:`attach_compare`)."""
     plan = attach_compare(plan, compare)
     blocks, nets = collect_units(out_dir)
     todo = units(plan, noise_seeds)
     done = sum(unit_done(out_dir, k, s) for k, s in todo)
-    res = analyze(plan, blocks, nets, n_boot=n_boot, seed=seed)
+    res = analyze(plan, blocks, nets, n_boot=n_boot, seed=seed, equal_macs_tolerance=equal_macs_tolerance)
+    atomic_write_text(out_dir / "units.csv", units_table(plan, blocks).to_csv(index=False))
     res.update(block_metrics=plan["block_metrics"], network_metrics=plan["network_metrics"],
                complete=done == len(todo),
                status={"done": done, "total": len(todo),
@@ -1005,8 +1293,8 @@ def claim_unit(out_dir: Path, kind: str, spec: Any) -> Path | None:
 
 def run_units(out_dir: Path, plan: dict, noise_seeds: int, *, train_block: Callable[[int, str, int], dict],
               train_net: Callable[[str, dict, int], dict], n_boot: int, seed: int, log: Callable[[str], None],
-              extra: dict | None = None, plots: bool = True, compare: dict[str, Sequence[Any]] | None = None
-              ) -> dict[str, Any]:
+              extra: dict | None = None, plots: bool = True, compare: dict[str, Sequence[Any]] | None = None,
+              equal_macs_tolerance: float = 0.1) -> dict[str, Any]:
     """Runs every unit not done yet (each result written as it finishes), refreshing the results after each
     (the plots after every 8th and the last, unless ``plots`` is false).
 
@@ -1040,6 +1328,8 @@ def run_units(out_dir: Path, plan: dict, noise_seeds: int, *, train_block: Calla
             claim.unlink(missing_ok=True)
         ran += 1
         seconds = time.perf_counter() - t0
-        res = refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots and ran % 8 == 0, compare=compare)
+        res = refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots and ran % 8 == 0, compare=compare,
+                      equal_macs_tolerance=equal_macs_tolerance)
         log(f"[rank_check] {res['status']['done']}/{len(todo)} {what} ({seconds:.1f} s)")
-    return refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots, compare=compare)
+    return refresh(out_dir, plan, noise_seeds, n_boot, seed, extra, plots=plots, compare=compare,
+                   equal_macs_tolerance=equal_macs_tolerance)

@@ -717,13 +717,15 @@ def _rank_check_key(cfg: RunConfig) -> dict:
     import dataclasses
 
     return {k: v for k, v in dataclasses.asdict(cfg.rank_check).items()
-            if k not in ("enabled", "analyze_only", "bootstrap", "compare", "workers")}
+            if k not in ("enabled", "analyze_only", "bootstrap", "compare", "workers", "equal_macs_tolerance")}
 
 
 def _check_rank_check_plan(ctx: Context) -> None:
     p = ctx.path("rank_check", "plan.json")
     if p.is_file():
         old = json.loads(p.read_text()).get("config")
+        if old is not None:  # settings added since the plan was made count with their defaults
+            old = {**_rank_check_key(RunConfig()), **old}
         if old != _rank_check_key(ctx.cfg):
             diff = {k: v for k, v in (old or {}).items() if _rank_check_key(ctx.cfg).get(k) != v}
             raise StageInputError(f"{p} was made with other rank_check settings ({diff}): keep those settings to "
@@ -758,6 +760,7 @@ def stage_rank_check(ctx: Context) -> dict:
             compare[lab] = load_ratings(cdir, space.num_blocks)
         except FileNotFoundError as e:
             raise StageInputError(f"rank_check.compare {lab}={cdir}: {e}") from None
+    seed = ctx.cfg.seed if rc.seed is None else rc.seed
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
     else:
@@ -770,8 +773,11 @@ def stage_rank_check(ctx: Context) -> dict:
                 ctl = random_controls(ctx, found, rc.found_random, rc.macs_tolerance)
                 controls = {f"random_{k + 1}": {k2: e[k2] for k2 in ("choices", "macs", "params")}
                             for k, e in enumerate(ctl)}
-        plan = rk.build_plan(space, tables, rc, seed=ctx.cfg.seed, image_size=ctx.image_size,
-                             num_classes=ctx.num_classes, found=found, controls=controls)
+        source = None
+        if rc.block_candidates_from:
+            source = {**json.loads(Path(rc.block_candidates_from).read_text()), "source": rc.block_candidates_from}
+        plan = rk.build_plan(space, tables, rc, seed=seed, image_size=ctx.image_size,
+                             num_classes=ctx.num_classes, found=found, controls=controls, candidates_from=source)
         plan["config"] = key
         if ctx.is_main:
             _write_json(plan, plan_path)
@@ -787,7 +793,8 @@ def stage_rank_check(ctx: Context) -> dict:
              "network_eval_split": eval_split, "block_steps": block_steps,
              "distill_sampling": ctx.cfg.distill.sampling, "run_dir": str(ctx.run_dir)}
     if rc.analyze_only:
-        res = rk.refresh(out, plan, rc.noise_seeds, rc.bootstrap, ctx.cfg.seed, extra, compare=compare)
+        res = rk.refresh(out, plan, rc.noise_seeds, rc.bootstrap, seed, extra, compare=compare,
+                         equal_macs_tolerance=rc.equal_macs_tolerance)
         ctx.log(f"[rank_check] analyzed {res['status']['done']} of {res['status']['total']} finished units")
         return res
     teacher = build_teacher(ctx).to(ctx.device).eval()
@@ -824,8 +831,8 @@ def stage_rank_check(ctx: Context) -> dict:
 
     def work(log: Callable[[str], None], plots: bool) -> dict:
         return rk.run_units(out, plan, rc.noise_seeds, train_block=train_block, train_net=train_net,
-                            n_boot=rc.bootstrap, seed=ctx.cfg.seed, log=log, extra=extra, plots=plots,
-                            compare=compare)
+                            n_boot=rc.bootstrap, seed=seed, log=log, extra=extra, plots=plots,
+                            compare=compare, equal_macs_tolerance=rc.equal_macs_tolerance)
 
     return _run_workers(ctx, work, rc.workers)
 

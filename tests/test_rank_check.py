@@ -476,3 +476,122 @@ def test_closing_lines_say_what_the_run_left_out_and_judge_by_the_paired_differe
     st["minus_macs"]["tau_ci"] = [0.02, 0.2]
     line = next(ln for ln in rk.closing_lines(res) if "pooled over blocks" in ln)
     assert "; beats MACs" in line
+
+
+# ---------------------------------------------------------------------------------------------- held-out, equal MACs
+def _plain_near_tau(x, y, m, g, tol):
+    s = nx = ny = 0
+    for a in range(len(x)):
+        for b in range(a + 1, len(x)):
+            if g[a] != g[b] or abs(m[a] - m[b]) > tol * max(abs(m[a]), abs(m[b])):
+                continue
+            dx, dy = np.sign(x[a] - x[b]), np.sign(y[a] - y[b])
+            s, nx, ny = s + dx * dy, nx + (dx != 0), ny + (dy != 0)
+    return s / math.sqrt(nx * ny)
+
+
+def test_equal_macs_tau_counts_only_pairs_of_near_macs():
+    rng = np.random.default_rng(3)
+    x, y = _data(40, 5)
+    m = rng.choice([100.0, 104.0, 111.0, 150.0, 200.0], size=40)
+    g = np.repeat([0, 1], 20)
+    want = _plain_near_tau(x, y, m, g, 0.1)
+    assert rk.stratified_tau(x, y, g, near=m, tol=0.1) == pytest.approx(want, abs=1e-12)
+    assert rk.stratified_tau(x, y, g, near=m, tol=1e9) == pytest.approx(rk.stratified_tau(x, y, g), abs=1e-12)
+    pairs = sum(1 for a in range(40) for b in range(a + 1, 40)
+                if g[a] == g[b] and abs(m[a] - m[b]) <= 0.1 * max(m[a], m[b]))
+    assert rk.count_near_pairs(m, g, 0.1) == pairs
+    # the interval resamples candidates within groups and keeps only their near pairs: a plain loop agrees
+    lo, hi = rk.bootstrap_ci(x, y, "tau", g, n_boot=50, seed=4, near=m, tol=0.1)
+    idx = rk._boot_indices(rk._groups(g, 40), 50, 4)
+    vals = []
+    for r in range(50):
+        sel = np.concatenate([b[r] for b in idx])
+        vals.append(_plain_near_tau(x[sel], y[sel], m[sel], g[sel], 0.1))
+    assert (lo, hi) == pytest.approx((np.quantile(vals, 0.025), np.quantile(vals, 0.975)), abs=1e-12)
+    with pytest.raises(ValueError, match="only tau"):
+        rk._boot_values(x, y, "rho", idx, near=m)
+
+
+def test_random_selection_is_uniform_within_cells_and_blind_to_ratings(space):
+    a = rk.select_random_candidates(space, 1, 16, seed=7)
+    assert a == rk.select_random_candidates(space, 1, 16, seed=7) != rk.select_random_candidates(space, 1, 16, 8)
+    assert len(set(a)) == 16 and [space.parse(1, c).cell for c in a].count(0) == 8
+    assert rk.select_random_candidates(space, 0, 12, seed=7).__len__() == 12  # the 4-candidate cell gives up the rest
+    # no rating is read: it takes no table; every candidate of a cell is drawn about equally often
+    counts: dict[str, int] = {}
+    for s in range(400):
+        for c in rk.select_random_candidates(space, 3, 4, seed=s):
+            counts[c] = counts.get(c, 0) + 1
+    cell1 = [str(c) for c in space.candidates(3) if c.cell == 1]
+    assert min(counts.get(c, 0) for c in cell1) > 0.5 * 400 * 2 / 16
+
+
+def test_block_found_picks_the_best_rated_under_each_budget_and_random_ones_of_its_macs(space):
+    t = _table(space, 1)
+    cases = rk.select_block_found(space, 1, t, budgets=3, n_random=4, tolerance=0.05, seed=0)
+    assert len(cases) == 3 and [c["quantile"] for c in cases] == [0.25, 0.5, 0.75]
+    for c in cases:
+        under = t[t["macs"] <= c["budget"]]
+        assert c["found"] == under["loss"].idxmin()
+        fm = t.at[c["found"], "macs"]
+        assert len(c["random"]) == 4 and c["found"] not in c["random"] and len(set(c["random"])) == 4
+        near = [n for n in t.index if n != c["found"] and abs(t.at[n, "macs"] - fm) <= 0.05 * fm]
+        if len(near) >= 4:
+            assert set(c["random"]) <= set(near) and c["tolerance_used"] <= 0.05
+        else:  # all the near ones, then the nearest others
+            assert set(near) <= set(c["random"])
+
+
+def test_plan_with_random_selection_block_found_and_units_table(space, tmp_path):
+    import pandas as pd
+
+    tables = [_table(space, i) for i in range(space.num_blocks)]
+
+    class Cfg:
+        block_candidates, noise_candidates, networks, matched_groups, matched_size = 6, 1, 0, 0, 3
+        macs_tolerance, noise_networks, found_seeds, found_random = 0.05, 0, 2, 0
+        block_selection, block_found_budgets, block_found_random, block_found_seeds = "random", 2, 3, 2
+
+    plan = rk.build_plan(space, tables, Cfg, seed=100, image_size=32, num_classes=10, found=None, controls=None)
+    assert plan["selection"] == "random"
+    for i in range(space.num_blocks):
+        assert [e["candidate"] for e in plan["blocks"][str(i)]] == rk.select_random_candidates(space, i, 6, 100)
+    todo = rk.units(plan, noise_seeds=2)
+    specs = [s for k, s in todo if k == "block"]
+    assert len(specs) == len(set(specs))  # a candidate both planned and found / random runs once per seed
+    want = {(int(b), c, s) for b, cases in plan["block_found"].items() for case in cases
+            for c in [case["found"], *case["random"]] for s in (100, 101)}
+    assert want <= set(specs)
+    # taking another plan's candidates: the same units, another seed / step count
+    again = rk.build_plan(space, tables, Cfg, seed=0, image_size=32, num_classes=10, found=None, controls=None,
+                          candidates_from={**plan, "source": "x/plan.json"})
+    assert [e["candidate"] for e in again["blocks"]["2"]] == [e["candidate"] for e in plan["blocks"]["2"]]
+    assert again["noise"] == plan["noise"] and again["selection"] == "from x/plan.json"
+    entries = rk.plan_entries(plan)
+    rng = np.random.default_rng(0)
+    for b, c, s in specs:
+        r = {"block": b, "candidate": c, "cell": space.parse(b, c).cell, "seed": s, "steps": 10,
+             "val_loss": entries[(b, c)]["loss"] + 0.01 * rng.normal()}
+        p = tmp_path / "blocks" / f"block{b}" / rk._unit_name(c, s)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(r))
+    res = rk.refresh(tmp_path, plan, 2, 200, 0, plots=False)
+    assert res["complete"] is True
+    bf = res["block_found_vs_random"]
+    assert bf["cases"] == 2 * space.num_blocks and bf["mean_gain"]["found_better_in"] >= bf["cases"] - 1
+    eq = res["block_level"]["pooled_equal_macs"]
+    assert eq["pairs"] > 0 and eq["loss"]["tau"] > 0.8
+    # units.csv holds every unit with its ratings and costs; the pooled taus are recomputed from it alone
+    table = pd.read_csv(tmp_path / "units.csv")
+    assert len(table) == len(specs) and {"block", "cell", "candidate", "seed", "steps", "val_loss", "roles", "macs",
+                                         "params", "loss", "rel_loss"} <= set(table.columns)
+    main = table[table["roles"].str.contains("planned")]
+    assert len(main) == 6 * space.num_blocks
+    tau = rk.stratified_tau(-main["loss"], -main["val_loss"], main["block"])
+    assert tau == pytest.approx(res["block_level"]["pooled"]["loss"]["tau"], abs=1e-6)
+    near = rk.stratified_tau(-main["loss"], -main["val_loss"], main["block"], near=main["macs"], tol=0.1)
+    assert near == pytest.approx(eq["loss"]["tau"], abs=1e-6)
+    text = rk.write_section(res)
+    assert "found vs random at equal MACs" in text and "Equal-MACs pairs" in text
+    assert any("about equal MACs" in ln for ln in rk.closing_lines(res))
