@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The cells study (docs/ranking_study.md, "Ratings that beat counting MACs"): does distilling every cell as long as
+# its own run (distill.cells=parallel), and distilling longer, make the ratings rank stand-alone blocks better than
+# counting MACs? Every phase resumes where it stopped: rerun the same command to continue.
+#
+#   tools/cells_study.sh ROOT PHASE...
+#     teacher            the Fashion-MNIST teacher of configs/runs/fashion_mnist.yaml (ROOT/teacher)
+#     distill:V:E[:key=value,...]
+#                        supernet variant V (su = shared cells, uniform; sf = shared, fair; pu = parallel, uniform;
+#                        pf = parallel, fair) distilled for E epochs and rated (ROOT/V_eE); starts from V_e(E/2)'s
+#                        checkpoint where it exists (lr x 0.9 per epoch does not depend on the total, so the first
+#                        E/2 epochs of an E-epoch run are that run)
+#     units:NAME:STEPS[:key=value,...]
+#                        stand-alone units (rank_check) in ROOT/NAME, block_steps=STEPS, scored against the ratings
+#                        of every variant dir present (rank_check.compare); the keys are rank_check overrides (the
+#                        same on every rerun: they make the plan); ratings/ of ROOT/su_e4 are the plan's own
+#     analyze:NAME:STEPS[:key=value,...]
+#                        the same without training: rebuild ROOT/NAME/rank_check/{results.json,units.csv,report.md}
+#                        with the ratings of every variant present
+# The development units: DEV=rank_check.block_candidates_from=docs/ranking_study/fashion_mnist/plan.json, the 64
+# candidates of the first study, e.g.  tools/cells_study.sh runs/cells units:dev1248:1248:$DEV
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=python
+ROOT=${1:?usage: tools/cells_study.sh ROOT PHASE...}
+shift
+C=configs/runs/fashion_mnist.yaml
+train() { "$PY" -m dna_fast.train --config "$C" "$@"; }
+say() { echo "[cells] $(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg): $*"; }
+
+seed_dir() {  # seed_dir DIR: a run dir that starts from the study's teacher
+  mkdir -p "$1/checkpoints" "$1/teacher"
+  [ -e "$1/checkpoints/teacher.pth" ] || cp "$ROOT/teacher/checkpoints/teacher.pth" "$1/checkpoints/"
+  [ -e "$1/teacher/metrics.json" ] || cp "$ROOT/teacher/teacher/metrics.json" "$1/teacher/"
+}
+
+variant_args() {
+  case "$1" in
+    su) echo "distill.cells=shared distill.sampling=uniform" ;;
+    sf) echo "distill.cells=shared distill.sampling=fair" ;;
+    pu) echo "distill.cells=parallel distill.sampling=uniform" ;;
+    pf) echo "distill.cells=parallel distill.sampling=fair" ;;
+    *) echo "unknown variant $1 (su, sf, pu, pf)" >&2; exit 2 ;;
+  esac
+}
+
+compare_arg() {  # every rated variant dir: label=dir,...
+  local out="" d
+  for d in "$ROOT"/*_e*; do
+    [ -e "$d/ratings/block0.parquet" ] && out="$out${out:+,}$(basename "$d")=$d"
+  done
+  echo "$out"
+}
+
+for phase in "$@"; do
+  IFS=: read -r kind a b c <<< "$phase"
+  case "$kind" in
+    teacher)
+      say "teacher"
+      train --run-dir "$ROOT/teacher" --stages teacher
+      ;;
+    distill)
+      v=$a; e=$b; R="$ROOT/${v}_e$e"; prev="$ROOT/${v}_e$((e / 2))"
+      seed_dir "$R"
+      if [ ! -e "$R/checkpoints/supernet_last.pt" ] && [ -e "$prev/checkpoints/supernet_last.pt" ] && [ $((e % 2)) = 0 ]; then
+        cp "$prev/checkpoints/supernet_last.pt" "$R/checkpoints/"
+        mkdir -p "$R/distill" && cp "$prev/distill/log.csv" "$R/distill/" && cp "$prev/distill/times.csv" "$R/distill/" 2>/dev/null || true
+      fi
+      say "distill $v for $e epochs in $R ($(variant_args "$v"))"
+      mkdir -p "$R/distill"
+      # shellcheck disable=SC2046
+      /usr/bin/time -f "%e %U %S" -o "$R/distill/.time" "$PY" -m dna_fast.train --config "$C" --run-dir "$R" \
+        --stages distill distill.epochs="$e" $(variant_args "$v") $(echo "${c:-}" | tr ',' ' ')
+      read -r wall user sys < "$R/distill/.time"
+      [ -e "$R/distill/times.csv" ] || echo "epochs_to,wall_s,cpu_s,loadavg_start,date" > "$R/distill/times.csv"
+      echo "$e,$wall,$(echo "$user + $sys" | bc),$(cut -d' ' -f1 /proc/loadavg),$(date -u '+%F %T')" >> "$R/distill/times.csv"
+      # shellcheck disable=SC2046
+      train --run-dir "$R" --stages rate distill.epochs="$e" $(variant_args "$v") $(echo "${c:-}" | tr ',' ' ')
+      ;;
+    units|analyze)
+      name=$a; steps=$b; extra=${c:-}; R="$ROOT/$name"
+      seed_dir "$R"
+      [ -e "$R/ratings" ] || cp -r "$ROOT/su_e4/ratings" "$R/ratings"
+      only=false; [ "$kind" = analyze ] && only=true
+      say "$kind $name at $steps steps ($extra)"
+      # shellcheck disable=SC2046
+      train --run-dir "$R" --stages rank_check rank_check.block_steps="$steps" rank_check.networks=0 \
+        rank_check.found_random=0 rank_check.analyze_only=$only rank_check.compare="$(compare_arg)" \
+        $(echo "$extra" | tr ',' ' ')
+      ;;
+    *) echo "unknown phase $phase" >&2; exit 2 ;;
+  esac
+done
+say "done: $*"
