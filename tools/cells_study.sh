@@ -11,12 +11,12 @@
 #                        checkpoint where it exists (lr x 0.9 per epoch does not depend on the total, so the first
 #                        E/2 epochs of an E-epoch run are that run)
 #     units:NAME:STEPS[:key=value,...]
-#                        stand-alone units (rank_check) in ROOT/NAME, block_steps=STEPS, scored against the ratings
-#                        of every variant dir present (rank_check.compare); the keys are rank_check overrides (the
-#                        same on every rerun: they make the plan); ratings/ of ROOT/su_e4 are the plan's own
+#                        stand-alone units (rank_check) in ROOT/NAME, block_steps=STEPS; the keys are rank_check
+#                        overrides (the same on every rerun: they make the plan); ratings/ of ROOT/su_e4 are the
+#                        plan's own
 #     analyze:NAME:STEPS[:key=value,...]
 #                        the same without training: rebuild ROOT/NAME/rank_check/{results.json,units.csv,report.md}
-#                        with the ratings of every variant present
+#                        with the ratings of every variant present scored too (rank_check.compare)
 # The development units: DEV=rank_check.block_candidates_from=docs/ranking_study/fashion_mnist/plan.json, the 64
 # candidates of the first study, e.g.  tools/cells_study.sh runs/cells units:dev1248:1248:$DEV
 set -euo pipefail
@@ -86,7 +86,7 @@ for phase in "$@"; do
       say "$kind $name at $steps steps ($extra)"
       # shellcheck disable=SC2046
       train --run-dir "$R" --stages rank_check rank_check.block_steps="$steps" rank_check.networks=0 \
-        rank_check.found_random=0 rank_check.analyze_only=$only rank_check.compare="$(compare_arg)" \
+        rank_check.found_random=0 rank_check.analyze_only=$only rank_check.compare="$([ $only = true ] && compare_arg)" \
         $(echo "$extra" | tr ',' ' ')
       ;;
     *) echo "unknown phase $phase" >&2; exit 2 ;;
