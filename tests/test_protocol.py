@@ -78,6 +78,7 @@ def test_imagenet_configs_follow_the_authors_and_name_the_fast_deviations():
     assert (d.color_jitter, d.random_erasing, a.data.random_interpolation, a.data.backend) == (0.4, 0.5, True,
                                                                                             "torchvision")
     assert (d.weight_decay, d.weight_decay_1d, d.lr_decay, d.lr_epoch_offset, d.amp) == (1e-4, False, 0.9, 1, "fp32")
+    assert d.cells == "parallel"  # each depth trained as its own supernet, with the full budget
     r = a.retrain
     assert (r.epochs, r.batch_size, r.weight_decay, r.color_jitter) == (500, 128, 1e-4, 0.06)
     f = load_config(REPO / "configs" / "runs" / "imagenet_dna_fast.yaml")
@@ -297,7 +298,7 @@ def test_fixed_blocks_are_excluded_and_counted_in_the_base_cost():
 
 
 def test_search_stage_records_metric_and_fixed_blocks(tmp_path):
-    from dna_fast.report import run_search_stage
+    from dna_fast.stages.search import run_search_stage
 
     space = SearchSpace.load("dna_mini")
     rng = np.random.default_rng(3)
@@ -377,7 +378,7 @@ def test_dna_c_budget_admits_dna_c_under_the_authors_protocol(tmp_path):
     """On tables where DNA-c scores best, macs=<its MACs> returns it (the last block fixed, in the base cost); one
     MAC less does not: the budget table of docs/protocol.md."""
     from dna_fast import cost, models
-    from dna_fast.report import run_search_stage
+    from dna_fast.stages.search import run_search_stage
 
     space = SearchSpace.load("dna")
     choices = [str(c) for c in models.dna_choices("dna_c", space)]
