@@ -53,7 +53,7 @@ _NEEDS: dict[str, tuple[_Need, ...]] = {
     "teacher": (_Need("dna_fast.teacher", ("Teacher", "train_teacher", "build_embedded_teacher")),),
     "distill": (_Need("dna_fast.distill", ("distill", "load_supernet")), _Need("dna_fast.teacher", ("Teacher",))),
     "rate": (_Need("dna_fast.rating", ("rate",)), _Need("dna_fast.distill", ("load_supernet",))),
-    "search": (_Need("dna_fast.report", ("run_search_stage",)),),
+    "search": (_Need("dna_fast.stages.search", ("run_search_stage",)),),
     "retrain": (_Need("dna_fast.retrain", ("train_model",)), _Need("dna_fast.models", ("build",))),
     "evaluate": (_Need("dna_fast.retrain", ("evaluate",)),),
     "rank_check": (_Need("dna_fast.rank_check", ("run_units",)), _Need("dna_fast.retrain", ("train_model",))),
@@ -476,8 +476,8 @@ def stage_search(ctx: Context) -> dict:
     A new result whose best architecture differs from the one already retrained moves ``retrain/`` aside to
     ``retrain.stale-<time>`` (kept, not deleted), so retraining never resumes another architecture's checkpoint.
     """
-    from .report import run_search_stage
     from .search import parse_budget
+    from .stages.search import run_search_stage
 
     s = ctx.cfg.search
     budget = parse_budget(s.budget)

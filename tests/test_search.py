@@ -246,7 +246,7 @@ def test_run_search_stage(tmp_path, space_name):
     pytest.importorskip("dna_fast.models")
     from dna_fast.cost import base_cost, network_cost
     from dna_fast.models import choices_from_arch_def
-    from dna_fast.report import load_tables, run_search_stage
+    from dna_fast.stages.search import load_tables, run_search_stage
 
     space = _write_ratings(tmp_path, space_name)
     budget = "macs=5M" if space_name == "dna_mini" else "macs=400M,params=5e6"
@@ -278,7 +278,7 @@ def test_run_search_stage(tmp_path, space_name):
 
 
 def test_run_search_stage_errors(tmp_path):
-    from dna_fast.report import run_search_stage
+    from dna_fast.stages.search import run_search_stage
 
     with pytest.raises(FileNotFoundError, match="rate"):
         run_search_stage(tmp_path, ["macs=1M"])
@@ -325,7 +325,7 @@ def test_run_search_stage_with_latency(tmp_path):
     import torch
 
     from dna_fast._latency import latency_table
-    from dna_fast.report import run_search_stage
+    from dna_fast.stages.search import run_search_stage
 
     space = _write_ratings(tmp_path, "dna_mini")
     lat = latency_table(space, "cpu", 1, torch.float32, warmup=0, repeats=1, num_threads=1)
@@ -345,7 +345,7 @@ def test_run_search_stage_reads_run_config(tmp_path):
     import yaml
 
     from dna_fast.cost import base_cost
-    from dna_fast.report import run_search_stage
+    from dna_fast.stages.search import run_search_stage
 
     space = _write_ratings(tmp_path, "dna_mini")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"space": "dna_mini", "num_classes": 10,
