@@ -595,3 +595,29 @@ def test_plan_with_random_selection_block_found_and_units_table(space, tmp_path)
     text = rk.write_section(res)
     assert "found vs random at equal MACs" in text and "Equal-MACs pairs" in text
     assert any("about equal MACs" in ln for ln in rk.closing_lines(res))
+
+
+def test_cell_calibration_fits_each_cell_and_keeps_its_order(space):
+    import pandas as pd
+
+    t = _table(space, 1)  # cells d2w24 (16 candidates) and d3w24 (64)
+    cells = np.array([space.parse(1, c).cell for c in t.index])
+    truth = np.where(cells == 0, 0.2 + 0.1 * t["loss"], 0.1 + 0.3 * t["loss"])  # each cell its own scale
+    units = pd.DataFrame({"block": 1, "cell": cells, "candidate": t.index, "loss": t["loss"], "val_loss": truth})
+    units = units.groupby("cell").head(5)  # a few units per cell
+    fit = rk.fit_cell_calibration(units)
+    assert fit[(1, 0)] == pytest.approx((0.1, 0.2)) and fit[(1, 1)] == pytest.approx((0.3, 0.1))
+    tables = [_table(space, i) for i in range(space.num_blocks)]
+    with pytest.raises(ValueError, match="block 0: no calibration"):
+        rk.calibrate_ratings(space, tables, fit)
+    full = {**fit, **{(b, c): (1.0, 0.0) for b in (0, 2, 3) for c in range(len(space.blocks[b].cells))}}
+    cal = rk.calibrate_ratings(space, tables, full)
+    np.testing.assert_allclose(cal[1]["loss"], truth)  # the cells now share the stand-alone scale
+    np.testing.assert_allclose(cal[1]["macs"], tables[1]["macs"])
+    assert (tables[1]["loss"] == _table(space, 1)["loss"]).all()  # the input tables are not changed
+    # an uninformative cell (slope <= 0) keeps its order with a tiny positive slope
+    flipped = units.assign(val_loss=np.where(units["cell"] == 0, 1.0 - units["loss"], units["val_loss"]))
+    a, _ = rk.fit_cell_calibration(flipped)[(1, 0)]
+    assert 0 < a < 1e-2
+    with pytest.raises(ValueError, match="at least 2"):
+        rk.fit_cell_calibration(units.groupby("cell").head(1))

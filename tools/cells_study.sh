@@ -17,6 +17,10 @@
 #     analyze:NAME:STEPS[:key=value,...]
 #                        the same without training: rebuild ROOT/NAME/rank_check/{results.json,units.csv,report.md}
 #                        with the ratings of every variant present scored too (rank_check.compare)
+#     calibrate:V:UNITS[:EXCLUDE]
+#                        ROOT/V_cal: V's ratings with each cell's rating mapped onto the stand-alone scale by a line
+#                        fitted on the units of ROOT/UNITS (rank_check.fit_cell_calibration: only the cells move
+#                        against each other), leaving out the candidates of the plan ROOT/EXCLUDE/rank_check/plan.json
 # The development units: DEV=rank_check.block_candidates_from=docs/ranking_study/fashion_mnist/plan.json, the 64
 # candidates of the first study, e.g.  tools/cells_study.sh runs/cells units:dev1248:1248:$DEV
 set -euo pipefail
@@ -88,6 +92,37 @@ for phase in "$@"; do
       train --run-dir "$R" --stages rank_check rank_check.block_steps="$steps" rank_check.networks=0 \
         rank_check.found_random=0 rank_check.analyze_only=$only rank_check.compare="$([ $only = true ] && compare_arg)" \
         $(echo "$extra" | tr ',' ' ')
+      ;;
+    calibrate)
+      v=$a; units=$b; exclude=${c:-}; R="$ROOT/${v}_cal"
+      say "calibrate $v on $units (excluding ${exclude:-nothing})"
+      "$PY" - "$ROOT/$v" "$ROOT/$units/rank_check/units.csv" "$R" "${exclude:+$ROOT/$exclude/rank_check/plan.json}" <<'PYEOF'
+import json, sys
+from pathlib import Path
+import pandas as pd
+from dna_fast import rank_check as rk
+from dna_fast.rating import load_ratings
+from dna_fast.space import SearchSpace
+src, units_csv, out, exclude = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+label = Path(src).name
+import yaml
+space = SearchSpace.load(yaml.safe_load((Path(units_csv).parent.parent / "config.yaml").read_text())["space"])
+units = pd.read_csv(units_csv)
+units = units[units["roles"].fillna("").str.contains("planned")]
+if exclude:
+    held = json.loads(Path(exclude).read_text())
+    drop = {(int(b), e["candidate"]) for b, es in held["blocks"].items() for e in es}
+    units = units[[(int(b), c) not in drop for b, c in zip(units["block"], units["candidate"])]]
+col = f"{label}:loss"
+fit = rk.fit_cell_calibration(units.rename(columns={col: "rating"}), "rating")
+tables = rk.calibrate_ratings(space, load_ratings(src), fit, "loss")
+(out / "ratings").mkdir(parents=True, exist_ok=True)
+for i, t in enumerate(tables):
+    t.to_parquet(out / "ratings" / f"block{i}.parquet")
+(out / "calibration.json").write_text(json.dumps({"source": src, "units": units_csv, "excluded_plan": exclude or None,
+    "units_used": len(units), "lines": {f"{b}.{c}": ab for (b, c), ab in fit.items()}}, indent=2))
+print(f"[cells] {out}: {len(units)} units, lines {fit}")
+PYEOF
       ;;
     *) echo "unknown phase $phase" >&2; exit 2 ;;
   esac
