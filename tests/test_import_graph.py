@@ -160,3 +160,51 @@ def test_function_exports_survive_submodule_imports():
         importlib.import_module(f"dna_fast.{name}")
         assert callable(getattr(dna_fast, name)) and not isinstance(getattr(dna_fast, name), type(dna_fast)), name
         assert getattr(dna_fast, name).__module__ == f"dna_fast.{name}"
+
+
+# the ranking check's statistics: recomputable from units.csv with NumPy / SciPy alone
+_NO_TORCH = ("dna_fast.rank_check._stats", "dna_fast.rank_check._calibration", "dna_fast.rank_check._analysis")
+_NO_TORCH_ALLOWED = {"__future__", "collections", "math", "typing", "warnings", "numpy", "scipy"}
+
+
+def _external_imports(path: Path) -> set[str]:
+    """Top-level names of the non-relative imports anywhere in a file (``from scipy.stats import x`` -> scipy)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add((node.module or "").split(".")[0])
+    return names
+
+
+def test_rank_check_statistics_import_no_torch():
+    graph, mods = import_graph(), _modules(ROOT)
+    reached, todo = set(_NO_TORCH), list(_NO_TORCH)
+    while todo:
+        for dep in graph[todo.pop()] - reached:
+            reached.add(dep)
+            todo.append(dep)
+    assert reached == set(_NO_TORCH), f"the statistics import other modules: {sorted(reached - set(_NO_TORCH))}"
+    for name in _NO_TORCH:
+        extra = _external_imports(mods[name][0]) - _NO_TORCH_ALLOWED - {PACKAGE}
+        assert not extra, f"{name} imports {sorted(extra)}: keep the statistics to NumPy / SciPy"
+
+
+def test_rank_check_statistics_run_without_torch():
+    """rank_check/_stats.py loaded on its own (not through dna_fast, whose __init__ loads timm) computes a bootstrap
+    interval without torch ever being imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('rk_stats', {str(ROOT / 'rank_check' / '_stats.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "x, y = [1, 2, 3, 4, 5, 6], [1, 3, 2, 4, 6, 5]\n"
+        "assert abs(m.kendall_tau(x, y) - 11 / 15) < 1e-12, m.kendall_tau(x, y)\n"  # 2 of 15 pairs discordant
+        "lo, hi = m.bootstrap_ci(x, y, 'rho', n_boot=50, seed=0)\n"
+        "assert lo <= hi\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
