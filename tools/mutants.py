@@ -1,19 +1,28 @@
 """Mutation check: plant one small bug at a time in a copy of the repository and see whether the tests catch it.
 
-    python tools/mutants.py                  # every mutant; prints a table mutant -> caught / survived
-    python tools/mutants.py --only NAME ...  # some of them (names from --list)
+    python tools/mutants.py                     # every mutant; prints a table mutant -> caught / survived
+    python tools/mutants.py --only NAME ...     # some of them (names from --list)
+    python tools/mutants.py --kind emulator     # only the CUDA kernel mutants (or --kind pytest)
     python tools/mutants.py --list
 
-The working tree is copied (tracked and untracked, not ignored files; rsync, so a rerun copies only what changed) to
-``--workdir`` (default ``/tmp/dna_fast_mutants/repo``), whose extension is built there CPU-only
-(``DNA_FAST_CPU_ONLY=1``, incrementally by ninja): this checkout and its ``dna_fast/_C*.so`` are never touched. Each
-mutant replaces one exact snippet of one file of the copy (a mutant whose snippet is no longer found exactly once is
-reported ``stale``, never skipped silently), rebuilds the extension when the file is C++, runs the tests named for it
-and puts the file back. First every selected test command runs on the unmutated copy: a mutant only counts as caught
-by tests that pass without it (a failing baseline is reported and stops the run).
+The mutants are data: one entry each in ``tools/mutants.yaml`` (its header says the fields). Two kinds, one
+procedure:
 
-A mutant is *caught* when its tests fail (or crash), *survived* when they pass. Exit status: 0 when every mutant was
-caught, 1 otherwise. Run it under ``nice``: the C++ mutants recompile one or two translation units each.
+* ``pytest``: the working tree is copied (tracked and untracked, not ignored files; rsync, so a rerun copies only
+  what changed) to ``--workdir`` (default ``/tmp/dna_fast_mutants/repo``), whose extension is built there CPU-only
+  (``DNA_FAST_CPU_ONLY=1``, incrementally by ninja): this checkout and its ``dna_fast/_C*.so`` are never touched.
+  The mutant edits one file of the copy, the extension is rebuilt when the file is C++, the named tests run and the
+  file is put back.
+* ``emulator``: a CUDA kernel header of the copy's ``csrc/cuda`` is mutated in a private folder, and the named
+  emulator suite (``csrc/tests/cudasim/<suite>.cpp``) is built with g++ at -O0 under ASan + UBSan and run
+  fail-fast (``CUDASIM_FAIL_FAST=1``); no extension, libtorch or GPU is needed. These run ``--jobs`` at a time.
+
+First every selected test command (pytest selection or emulator suite) runs on the unmutated copy: a mutant only
+counts as caught by tests that pass without it (a failing baseline is reported and stops the run). A mutant whose
+snippet is not found exactly once is reported ``stale``, never skipped silently.
+
+A mutant is *caught* when its tests fail (or crash, or an emulator suite no longer compiles), *survived* when they
+pass. Exit status: 0 when every mutant was caught, 1 otherwise. Run it under ``nice``: the C++ mutants recompile.
 """
 
 from __future__ import annotations
@@ -23,107 +32,52 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
+DEFINITIONS = Path(__file__).with_suffix(".yaml")
+KINDS = ("pytest", "emulator")
 
 
 @dataclass(frozen=True)
 class Mutant:
     name: str
+    kind: str  # "pytest" or "emulator"
     path: str  # relative to the repository root
     old: str  # exact snippet, found once
     new: str
-    tests: tuple[str, ...]  # pytest arguments (files, -k expressions)
+    tests: tuple[str, ...]  # pytest arguments (files, -k expressions), or the one emulator suite
     why: str
 
     @property
     def native(self) -> bool:
-        return self.path.startswith("csrc/")
+        """A pytest mutant of C++ code: the copy's extension is rebuilt."""
+        return self.kind == "pytest" and self.path.startswith("csrc/")
 
 
-MUTANTS = [
-    # ------------------------------------------------------------------ rating engine (Python)
-    Mutant("engine_bn_eps", "dna_fast/_rating_engine.py",
-           "bn.bias.float(), float(bn.eps),", "bn.bias.float(), float(bn.eps) * 100,",
-           ("tests/test_rating.py", "-k", "exact_dna_mini or cells_of"),
-           "every BatchNorm eps of the engine 1e-5 -> 1e-3 (the issue's example)"),
-    Mutant("engine_se_bias", "dna_fast/_rating_engine.py",
-           "gate = torch.sigmoid(torch.addmm(g.be, r, g.we))", "gate = torch.sigmoid(torch.mm(r, g.we))",
-           ("tests/test_rating.py", "-k", "exact_dna_mini or cells_of"),
-           "the SE expand bias dropped from the gate"),
-    Mutant("engine_calib_biased_var", "dna_fast/_rating_engine.py",
-           "return mean, var * (rows / max(rows - 1, 1))", "return mean, var",
-           ("tests/test_rating.py", "-k", "exact_dna_mini or cells_of"),
-           "recalibrated BN running variance biased instead of unbiased"),
-    # ------------------------------------------------------------------ search
-    Mutant("search_budget_strict", "dna_fast/search.py",
-           "feas = np.flatnonzero((states.cost <= cap).all(1)) if dims",
-           "feas = np.flatnonzero((states.cost < cap).all(1)) if dims",
-           ("tests/test_search.py", "-k", "brute_force or top_k or non_finite"),
-           "an architecture exactly at the budget treated as over it"),
-    Mutant("search_dominance_ties", "dna_fast/search.py",
-           "rec = lo < prev_min", "rec = lo <= prev_min",
-           ("tests/test_search.py", "-k", "brute_force or top_k or non_finite"),
-           "a candidate of equal loss counted as a new record in the 1-D dominance layers"),
-    # ------------------------------------------------------------------ CPU kernels (C++)
-    Mutant("cpu_nhwc_dw_window", "csrc/cpu/nhwc_avx2.h",
-           "if (kx >= 0 && kx < K) acc[t]", "if (kx >= 0 && kx < K - 1) acc[t]",
-           ("tests/test_row_kernels.py", "-k", "channels_last_direct or expand"),
-           "off-by-one window: the AVX2 channels_last depthwise conv skips its last tap column"),
-    Mutant("cpu_nchw_dw_stride", "csrc/cpu/dwconv_bn_act_kernel.cpp",
-           "DNA_DW_CASE(3, 1) DNA_DW_CASE(3, 2)",
-           "DNA_DW_CASE(3, 1) if (k == 3 && s == 2) return dw_plane_impl<3, 1>(in, Wp, w, out, Ho, Wo, scale, "
-           "shift, with_sums);",
-           ("tests/test_kernels.py", "-k", "dwconv"),
-           "wrong stride: the NCHW direct kernel (k = 3, output width >= 24) computes stride 2 with stride 1"),
-    Mutant("cpu_se_gate_bias", "csrc/cpu/se_project_kernel.cpp",
-           "at::Tensor gate = at::addmm(f32(b_expand), h, f32(w_expand).t()).contiguous();",
-           "at::Tensor gate = at::mm(h, f32(w_expand).t()).contiguous();",
-           ("tests/test_kernels.py", "-k", "se_gate"),
-           "the SE expand bias dropped in the CPU se_gate"),
-    Mutant("cpu_swish_poly", "csrc/cpu/nhwc_avx2.h",
-           "_mm256_set1_ps(6.9314694e-1f)", "_mm256_set1_ps(6.93e-1f)",
-           ("tests/test_row_kernels.py", "-k", "swish"),
-           "one coefficient of the AVX2 swish's 2^f polynomial rounded (1e-4 relative error)"),
-    Mutant("cpu_expand_stale_ring", "csrc/cpu/nhwc_avx2.h",
-           "if (tag[slot] != iy) {", "if (tag[slot] < 0) {",
-           ("tests/test_row_kernels.py", "-k", "expand"),
-           "expand_dwconv reuses a ring slot's old expanded row instead of expanding the new one"),
-    # ------------------------------------------------------------------ training, data
-    Mutant("distill_amp_target", "dna_fast/distill.py",
-           "loss = self.criterion(out, target)\n",
-           "loss = self.criterion(out, target if self._dtype is None else 0.5 * target)\n",
-           ("tests/test_distill.py", "-k", "amp"),
-           "under AMP the student is trained towards a mis-scaled teacher feature"),
-    Mutant("retrain_ema_step", "dna_fast/retrain.py",
-           "ema.update(model, step=step + 1)", "ema.update(model, step=step)",
-           ("tests/test_retrain.py", "-k", "ema"),
-           "the EMA copies the weights on two updates instead of one"),
-    Mutant("retrain_no_smoothing", "dna_fast/retrain.py",
-           "nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)", "nn.CrossEntropyLoss()",
-           ("tests/test_retrain.py", "-k", "smoothed"),
-           "retrain.label_smoothing ignored"),
-    Mutant("teacher_no_nan_stop", "dna_fast/teacher.py",
-           "if not torch.isfinite(loss):  # stop before", "if False:  # stop before",
-           ("tests/test_teacher.py", "-k", "nan"),
-           "teacher training steps on with a NaN loss"),
-    Mutant("data_no_flip", "dna_fast/data/tv.py",
-           "if rng.random() < 0.5:", "if rng.random() < 0.0:",
-           ("tests/test_data.py", "-k", "augmentation"),
-           "the train-time horizontal flip never happens"),
-    Mutant("data_crop_scale", "dna_fast/data/tv.py",
-           "scale=(0.08, 1.0)", "scale=(0.5, 1.0)",
-           ("tests/test_data.py", "-k", "augmentation"),
-           "random resized crop areas from 50 % instead of 8 %"),
-    Mutant("io_damaged_traceback", "dna_fast/_io.py",
-           "raise _damaged(path, what, e, fix) from e\n\n\ndef read_table",
-           "raise\n\n\ndef read_table",
-           ("tests/test_io.py", "tests/test_retrain.py", "tests/test_teacher.py", "-k", "damaged"),
-           "a damaged checkpoint raises the decoder's own exception again"),
-]
+Row = tuple[Mutant, str, float, str]  # mutant, result (caught / survived / stale), seconds, detail
+
+
+def load_mutants(path: Path = DEFINITIONS) -> list[Mutant]:
+    with open(path) as f:
+        entries = yaml.safe_load(f)
+    mutants = [Mutant(e["name"], e["kind"], e["path"], e["old"], e["new"], tuple(e["tests"]), e["why"])
+               for e in entries]
+    for m in mutants:
+        if m.kind not in KINDS:
+            raise SystemExit(f"{path}: mutant {m.name} has kind {m.kind!r}: one of {', '.join(KINDS)}")
+        if m.kind == "emulator" and (len(m.tests) != 1 or not m.path.startswith("csrc/cuda/")):
+            raise SystemExit(f"{path}: emulator mutant {m.name} needs a csrc/cuda/ path and one suite in tests")
+    names = [m.name for m in mutants]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"{path}: mutant names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+    return mutants
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path | None = None) -> tuple[int, float]:
@@ -160,37 +114,63 @@ def pytest_cmd(tests: tuple[str, ...]) -> list[str]:
     return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not gpu", *tests]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants")
-    p.add_argument("--list", action="store_true", help="list the mutants and exit")
-    p.add_argument("--workdir", default="/tmp/dna_fast_mutants/repo", help="where the copy lives")
-    args = p.parse_args(argv)
-    if args.list:
-        for m in MUTANTS:
-            print(f"{m.name:26s} {m.path:34s} {m.why}")
-        return 0
-    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
-    unknown = set(args.only or ()) - {m.name for m in MUTANTS}
-    if unknown:
-        raise SystemExit(f"unknown mutant(s): {', '.join(sorted(unknown))} (see --list)")
-    chosen.sort(key=lambda m: m.native)  # the Python mutants first: each C++ one needs a rebuild
-    work = Path(args.workdir).resolve()
-    if work == REPO or REPO in work.parents:
-        raise SystemExit("--workdir must lie outside the repository")
-    logs = work.parent / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+def cuda_include() -> str:
+    """CUDA's include directory (the emulator suites use its fp16 / bf16 types), or '' when absent."""
+    for base in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if base and os.path.exists(os.path.join(base, "include", "cuda_fp16.h")):
+            return os.path.join(base, "include")
+    return ""
+
+
+def run_emulated(work: Path, suite: str, mutant: Mutant | None, scratch: Path, log: Path) -> tuple[int | None,
+                                                                                                   float, str]:
+    """Builds the emulator suite against a private copy of ``csrc/cuda`` (mutated when ``mutant`` is given) and runs
+    it. Returns (exit code, seconds, detail); the exit code is None when the suite does not compile."""
+    t0 = time.perf_counter()
+    d = Path(tempfile.mkdtemp(dir=scratch))
+    try:
+        shutil.copytree(work / "csrc" / "cuda", d / "cuda")
+        if mutant is not None:
+            f = d / "cuda" / Path(mutant.path).name
+            f.write_text(f.read_text().replace(mutant.old, mutant.new))
+        inc = cuda_include()
+        exe = d / suite
+        cmd = ["g++", "-std=c++20", "-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+               f"-I{d / 'cuda'}", f"-I{work / 'csrc' / 'tests'}", f"-I{work / 'csrc' / 'include'}",
+               *(["-isystem", inc] if inc else []), str(work / "csrc" / "tests" / "cudasim" / f"{suite}.cpp"),
+               "-o", str(exe)]
+        with open(log, "w") as out:
+            built = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+        if built != 0:
+            last = log.read_text().strip().splitlines()
+            return None, time.perf_counter() - t0, last[-1][:100] if last else ""
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", CUDASIM_FAIL_FAST="1")
+        with open(log, "a") as out:
+            rc = subprocess.call([str(exe)], stdout=out, stderr=subprocess.STDOUT, env=env, timeout=900)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    lines = log.read_text().strip().splitlines()
+    flagged = [s for s in lines if "FAILED" in s or "ERROR" in s or "runtime error" in s]
+    return rc, time.perf_counter() - t0, (flagged[0] if flagged else lines[-1] if lines else "")[:140]
+
+
+def _verdict(rc: int | None) -> tuple[str, str]:
+    """(result, detail) of a mutant's test run from its exit code (None: the emulator suite did not compile)."""
+    if rc == 0:
+        return "survived", ""
+    if rc is None:
+        return "caught", "at compile time"
+    return "caught", "" if rc == 1 else f"exit {rc}" if rc > 0 else f"crashed (signal {-rc})"
+
+
+def run_pytest_mutants(chosen: list[Mutant], work: Path, logs: Path) -> list[Row]:
     env = dict(os.environ, DNA_FAST_CPU_ONLY="1", PYTHONPATH=str(work), OMP_NUM_THREADS="1",
-               MAX_JOBS=os.environ.get("MAX_JOBS", "2"),
-               PYTHONDONTWRITEBYTECODE="1", CUDA_VISIBLE_DEVICES="")
-    print(f"copy: {work}   logs: {logs}", flush=True)
-    sync_copy(work)
+               MAX_JOBS=os.environ.get("MAX_JOBS", "2"), PYTHONDONTWRITEBYTECODE="1", CUDA_VISIBLE_DEVICES="")
     build(work, env, logs / "build.log")
     where = subprocess.run([sys.executable, "-c", "import dna_fast, dna_fast._C; print(dna_fast.__file__)"],
                            cwd=work, env=env, capture_output=True, text=True)
     if not where.stdout.startswith(str(work)):
         raise SystemExit(f"the copy's dna_fast is not the one imported there: {where.stdout}{where.stderr}")
-    # baseline: every test command passes on the unmutated copy
     for tests in dict.fromkeys(m.tests for m in chosen):
         rc, sec = _run(pytest_cmd(tests), work, env, logs / "baseline.log")
         print(f"  baseline {' '.join(tests)}: {'pass' if rc == 0 else 'FAIL'} ({sec:.0f} s)", flush=True)
@@ -212,19 +192,83 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             f.write_text(text)
             os.utime(f)  # newer than the mutant's object file: the next build recompiles it
-        result = "survived" if rc == 0 else "caught"
-        detail = "" if rc in (0, 1) else f"pytest exit {rc}" if rc > 0 else f"crashed (signal {-rc})"
+        result, detail = _verdict(rc)
         rows.append((m, result, sec, detail))
         print(f"  {m.name}: {result} ({sec:.0f} s)", flush=True)
     if any(m.native for m in chosen):
         build(work, env, logs / "build.log")  # leave the copy unmutated
+    return rows
+
+
+def run_emulator_mutants(chosen: list[Mutant], work: Path, logs: Path, jobs: int) -> list[Row]:
+    scratch = Path(tempfile.mkdtemp(prefix="cudasim_mutants_"))
+    try:
+        suites = list(dict.fromkeys(m.tests[0] for m in chosen))
+        with ThreadPoolExecutor(jobs) as pool:
+            base = list(pool.map(lambda s: run_emulated(work, s, None, scratch, logs / f"baseline-{s}.log"), suites))
+        for s, (rc, sec, why) in zip(suites, base):
+            print(f"  baseline {s}: {'pass' if rc == 0 else 'FAIL'} ({sec:.0f} s)", flush=True)
+            if rc != 0:
+                raise SystemExit(f"the emulator suite {s} fails without any mutant ({why}): see {logs}")
+
+        def one(m: Mutant) -> Row:
+            count = (work / m.path).read_text().count(m.old)
+            if count != 1:
+                return m, "stale", 0.0, f"snippet found {count} times"
+            rc, sec, why = run_emulated(work, m.tests[0], m, scratch, logs / f"{m.name}.log")
+            result, detail = _verdict(rc)
+            return m, result, sec, "; ".join(x for x in (detail, why) if x)
+
+        rows = []
+        with ThreadPoolExecutor(jobs) as pool:
+            for row in pool.map(one, chosen):
+                print(f"  {row[0].name}: {row[1]} ({row[2]:.0f} s)", flush=True)
+                rows.append(row)
+        return rows
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants")
+    p.add_argument("--kind", choices=KINDS, help="run only the mutants of this kind")
+    p.add_argument("--list", action="store_true", help="list the mutants and exit")
+    p.add_argument("--workdir", default="/tmp/dna_fast_mutants/repo", help="where the copy lives")
+    p.add_argument("--jobs", type=int, default=2, help="emulator mutants built and run at once")
+    args = p.parse_args(argv)
+    mutants = load_mutants()
+    if args.list:
+        for m in mutants:
+            print(f"{m.name:30s} {m.kind:8s} {m.path:40s} {m.why}")
+        return 0
+    unknown = set(args.only or ()) - {m.name for m in mutants}
+    if unknown:
+        raise SystemExit(f"unknown mutant(s): {', '.join(sorted(unknown))} (see --list)")
+    chosen = [m for m in mutants if (not args.only or m.name in args.only) and (not args.kind or m.kind == args.kind)]
+    if not chosen:
+        raise SystemExit("no mutant selected")
+    chosen.sort(key=lambda m: m.native)  # the Python mutants first: each C++ one needs a rebuild
+    work = Path(args.workdir).resolve()
+    if work == REPO or REPO in work.parents:
+        raise SystemExit("--workdir must lie outside the repository")
+    logs = work.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"copy: {work}   logs: {logs}", flush=True)
+    sync_copy(work)
+    rows = []
+    emulated = [m for m in chosen if m.kind == "emulator"]
+    if emulated:
+        rows += run_emulator_mutants(emulated, work, logs, args.jobs)
+    tested = [m for m in chosen if m.kind == "pytest"]
+    if tested:
+        rows += run_pytest_mutants(tested, work, logs)
     print()
     print("| mutant | planted bug | tests | result |")
     print("|---|---|---|---|")
     for m, result, _sec, detail in rows:
-        shown = " ".join(m.tests)
         note = f" ({detail})" if detail else ""
-        print(f"| `{m.name}` | {m.why} (`{m.path}`) | `{shown}` | **{result}**{note} |")
+        print(f"| `{m.name}` | {m.why} (`{m.path}`) | `{' '.join(m.tests)}` | **{result}**{note} |")
     caught = sum(r[1] == "caught" for r in rows)
     print(f"\n{caught} of {len(rows)} mutants caught")
     return 0 if caught == len(rows) else 1
