@@ -267,11 +267,16 @@ class _Walker:
         dt = self.dtype
         s1, t1 = _fold(g.g1, g.b1, g.eps1, m1, v1)
         s2, t2 = _fold(g.g2, g.b2, g.eps2, m2, v2)
-        proj = []
+        proj, proj32 = [], []
         for j in range(len(g.ops)):
             s3, t3 = _fold(g.g3[j], g.b3[j], g.eps3[j], m3[j], v3[j])
-            proj.append(((g.w_pwl[j] * s3).to(dt), t3))
-        out = ((g.w_pw * s1).to(dt), t1, s2, t2, (g.w_dw * s2.view(-1, 1, 1, 1)).to(dt), t2.to(dt), proj)
+            w3 = g.w_pwl[j] * s3
+            proj.append((w3.to(dt), t3))
+            proj32.append((w3, t3))
+        # built in fp32 and cast once: [0] [4] [6] in the compute dtype (the GEMM / conv operands of plain PyTorch),
+        # [7] [8] in fp32 (the fused kernels take fp32 weights whatever the activations' dtype)
+        w1 = g.w_pw * s1
+        out = (w1.to(dt), t1, s2, t2, (g.w_dw * s2.view(-1, 1, 1, 1)).to(dt), t2.to(dt), proj, w1, proj32)
         self._folded[key] = (st, out)
         return out
 
@@ -287,7 +292,7 @@ class _Walker:
         if native:
             x4 = x2.view(n, h, w, -1).permute(0, 3, 1, 2)  # the rows as a channels_last image batch
             if calib is None:
-                w1, t1, s2, t2 = folded[0], folded[1], folded[2], folded[3]
+                w1, t1, s2, t2 = folded[7], folded[1], folded[2], folded[3]
                 d, sums = self.fops.expand_dwconv(x4, w1, t1, g.w_dw, s2, t2, g.stride)
                 ho, wo = d.shape[2], d.shape[3]
                 pooled = sums.div_(ho * wo)
@@ -308,6 +313,27 @@ class _Walker:
                 calib += [mean2.float(), (var2 * (rows2 / max(rows2 - 1, 1))).float()]
                 d2 = d.permute(0, 2, 3, 1).view(rows2, mid)
                 pooled = self.fops.swish_rows_(d2, s2, t2, n).div_(ho * wo)
+        elif self.low:
+            # plain PyTorch in bf16 / fp16: the GEMM and conv operands in the low dtype (fp32 accumulation), their
+            # outputs and everything between them (BN, swish, SE, gate) in fp32; the hidden tensor is rounded once,
+            # as the conv's operand. Autocast rounds after every op instead (conv, BN, swish, SE, gate product).
+            hid = _mm(x2, folded[0] if calib is None else g.w_pw.to(dt))
+            if calib is None:
+                hid.add_(folded[1])
+            else:
+                calib += list(_bn_train_(hid, g.g1, g.b1, g.eps1))
+            F.silu(hid, inplace=True)
+            h4 = hid.to(dt).view(n, h, w, mid).permute(0, 3, 1, 2)
+            del hid
+            d = _dwconv(h4, folded[4] if calib is None else g.w_dw.to(dt), g.stride, g.pad)
+            ho, wo = d.shape[2], d.shape[3]
+            d2 = d.permute(0, 2, 3, 1).float().contiguous().view(n * ho * wo, mid)
+            del d
+            if calib is None:
+                d2.add_(folded[3])
+            else:
+                calib += list(_bn_train_(d2, g.g2, g.b2, g.eps2))
+            F.silu(d2, inplace=True)
         else:
             if calib is None:
                 w1, t1, w2, b2 = folded[0], folded[1], folded[4], folded[5]
@@ -337,7 +363,7 @@ class _Walker:
             gate = torch.sigmoid(torch.addmm(g.be, r, g.we))
             if keep_gate:  # the caller folds it into the projection (linear_sq_err / linear_col_dev)
                 return d2, ho, wo, gate, pooled
-            d3.mul_(gate.to(dt).unsqueeze(1))
+            d3.mul_(gate.unsqueeze(1))  # in fp32, one rounding where d3 is low precision
         return d2, ho, wo, None, pooled
 
     def siblings(self, level: int, x2: Tensor, n: int, h: int, w: int, st: list[tuple] | None,
@@ -352,10 +378,15 @@ class _Walker:
         dt = self.dtype
         native = self.native and (level, calib is not None) not in self.plain
         moments = _input_moments(x2) if calib is not None and native else None
+        # the residual stream (x2, the children) is fp32 in every precision; the fused kernels read the node's input
+        # in the compute dtype (their output, the hidden tensor, is stored in it)
+        xk = x2.to(dt) if native and x2.dtype != dt else x2
         for gi, g in enumerate(layer.groups):
             folded = self._fold_group(g, st[gi]) if calib is None else None
             fold_gate = native and target is not None
-            d2, ho, wo, gate, pooled = self._hidden(g, x2, n, h, w, folded, calib, moments, fold_gate, native)
+            d2, ho, wo, gate, pooled = self._hidden(g, xk, n, h, w, folded, calib, moments, fold_gate, native)
+            if self.low and not native:
+                d2 = d2.to(dt)  # the projections' operand (the hidden rows stay fp32 until here)
             if fold_gate and calib is not None:  # column means of the gated hidden rows, from the SE sums
                 colmean = (pooled if gate is None else pooled * gate).double().mean(0)
             k3 = []
@@ -367,13 +398,14 @@ class _Walker:
                     w3, t3 = folded[6][j]
                     if target is not None and native:
                         gk = None if gate is None else gate[:, o:o + m].contiguous()
-                        sq, ab = self.fops.linear_sq_err(sl, w3, target, t3, gk)
+                        sq, ab = self.fops.linear_sq_err(sl, folded[8][j][0], target, t3, gk)
                         yield k, torch.stack((sq.sum(), ab.sum())), ho, wo
                         continue
-                    if target is not None and not self.low:
-                        yield k, _err_sums(torch.addmm(target + t3, sl, w3)), ho, wo
+                    if target is not None:
+                        r = _mm(sl, w3).add_(target + t3) if self.low else torch.addmm(target + t3, sl, w3)
+                        yield k, _err_sums(r), ho, wo
                         continue
-                    y = torch.addmm(t3.to(dt), sl, w3)
+                    y = _mm(sl, w3).add_(t3) if self.low else torch.addmm(t3, sl, w3)
                 elif fold_gate:  # the last layer's calibration needs only its statistics, never its output
                     wj = g.w_pwl[j]
                     mean3 = colmean[o:o + m] @ wj.double()
@@ -382,13 +414,10 @@ class _Walker:
                     k3.append((mean3.float(), (dev / max(sl.shape[0] - 1, 1)).float()))
                     continue
                 else:
-                    y = torch.mm(sl, g.w_pwl[j].to(dt))
+                    y = _mm(sl, g.w_pwl[j].to(dt))
                     k3.append(_bn_train_(y, g.g3[j], g.b3[j], g.eps3[j], normalize=target is None))
                     if target is not None:
                         continue
-                if target is not None:
-                    yield k, _err_sums(y.float() + target), ho, wo
-                    continue
                 if layer.has_skip:
                     y.add_(x2)
                 children.append((k, y))
@@ -405,6 +434,35 @@ class _Walker:
                     yield None, None, ho, wo
 
 
+def _emulate_low(x: Tensor) -> bool:
+    """Whether a bf16 / fp16 GEMM or conv on ``x``'s device runs as fp32 on the rounded operands: on a CPU without
+    bf16 dot products, where oneDNN's bf16 GEMM ran 30x slower than fp32 (the numbers: the same operands, fp32
+    accumulation, the output not rounded)."""
+    return x.device.type == "cpu" and not _rk.cpu_bf16_supported()
+
+
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` in ``b``'s dtype with fp32 accumulation, the product returned in fp32 (bf16 / fp16: ``a`` is cast to
+    ``b``'s dtype; on CUDA the GEMM writes fp32, on a CPU with bf16 dot products its low-precision output is
+    widened, elsewhere on the CPU it runs in fp32 on the rounded operands)."""
+    if b.dtype == torch.float32:
+        return torch.mm(a if a.dtype == torch.float32 else a.float(), b)
+    a = a if a.dtype == b.dtype else a.to(b.dtype)
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    if _emulate_low(a):
+        return torch.mm(a.float(), b.float())
+    return torch.mm(a, b).float()
+
+
+def _dwconv(h4: Tensor, w: Tensor, stride: int, pad: int) -> Tensor:
+    """The depthwise conv of the plain low-precision path in ``w``'s dtype (fp32 accumulation), or in fp32 on the
+    rounded operands where ``_emulate_low``."""
+    if _emulate_low(h4):
+        h4, w = h4.float(), w.float()
+    return F.conv2d(h4, w, None, stride, pad, 1, w.shape[0])
+
+
 def _err_sums(r: Tensor) -> Tensor:
     """(sum of squares, sum of absolute values) of a residual ``r`` = student - teacher, as fp64 ``[2]``."""
     v = r.view(-1)
@@ -412,9 +470,11 @@ def _err_sums(r: Tensor) -> Tensor:
 
 
 def _to_rows(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, int, int, int]:
-    """[N, C, H, W] -> contiguous NHWC rows [N*H*W, C]."""
+    """[N, C, H, W] -> contiguous NHWC rows [N*H*W, C], fp32 whatever ``dtype`` (the residual stream stays fp32; the
+    walker casts a node's input to the compute dtype where a GEMM or a fused kernel reads it)."""
+    del dtype
     n, c, h, w = x.shape
-    return x.to(dtype).permute(0, 2, 3, 1).contiguous().view(n * h * w, c), n, h, w
+    return x.float().permute(0, 2, 3, 1).contiguous().view(n * h * w, c), n, h, w
 
 
 def _default_chunk(n: int, layers: list[_Layer], hw: tuple[int, int], device: torch.device) -> int:
@@ -452,6 +512,7 @@ def rate_block_sse(supernet: nn.Module, i: int, pairs: list[tuple[Tensor, Tensor
     def wanted(lo: int, hi: int) -> bool:
         return csum[hi] > csum[lo]
 
+    dtype = _rk.engine_dtype(kernels, device, dtype)  # bf16 / fp16 on a CPU without bf16 dot products: fp32 kernels
     low = dtype != torch.float32
     # the fused passes (see _rating_kernels: the CPU kernels in fp32, the CUDA kernels, or the CUDA kernels under the
     # CPU emulator; their depthwise conv pads k // 2 like timm's MBConv); `timed`: per layer shape, the faster of them

@@ -11,11 +11,17 @@ PyTorch path. ``rate_block(..., kernels=...)`` picks:
 * ``"torch"``: plain PyTorch everywhere.
 * ``"cuda-emulated"``: CPU tensors through the CUDA kernels run by the CPU emulator (``torch.ops.dna_fast_emu``): the
   GPU code path (launchers, launch configuration, kernels) end to end without a GPU. Slow: for tests.
+
+bf16 / fp16 on the CPU (``engine_dtype``): with ``"auto"`` a bf16 rating runs in bf16 (plain PyTorch, whose oneDNN
+GEMMs and convs use the bf16 dot products) only where the CPU has AVX512-BF16 or AMX; elsewhere, and for fp16, the
+fp32 CPU kernels rate instead (on an AVX2 CPU a bf16 GEMM ran 30x slower than fp32: docs/benchmarks.md).
+``DNA_FAST_CPU_BF16=0`` turns the bf16 path off (fp32 kernels everywhere), like ``DNA_FAST_CPU_ISA=avx2`` for AVX-512.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from collections.abc import Callable
 
@@ -108,6 +114,27 @@ def resolve(kernels: str, device: torch.device, dtype: torch.dtype) -> tuple[obj
         raise RuntimeError(f"kernels='fused': no fused rating kernels for {device.type} in {dtype} (CPU: fp32 "
                            "only); use kernels='auto' or 'torch'")
     return None, False
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU has bf16 dot products (AVX512-BF16 or AMX tiles) and ``DNA_FAST_CPU_BF16`` (read at each
+    call) does not turn the bf16 rating path off (``0``)."""
+    if os.environ.get("DNA_FAST_CPU_BF16", "1").strip() == "0":
+        return False
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def engine_dtype(kernels: str, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the engine computes in for a requested ``dtype``: the request, except bf16 / fp16 on the CPU with
+    ``kernels`` ``"auto"`` or ``"fused"`` and the extension built: there the fp32 CPU kernels rate, unless the request
+    is bf16, ``kernels="auto"`` and the CPU has bf16 dot products (``cpu_bf16_supported``)."""
+    if device.type != "cpu" or dtype == torch.float32 or kernels not in ("auto", "fused") or not _ops.HAS_NATIVE:
+        return dtype
+    if dtype == torch.bfloat16 and kernels == "auto" and cpu_bf16_supported():
+        return dtype
+    return torch.float32
 
 
 _REPEATS = 3  # timed runs per path after one warm-up run (the best counts)
