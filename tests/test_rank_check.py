@@ -621,3 +621,17 @@ def test_cell_calibration_fits_each_cell_and_keeps_its_order(space):
     assert 0 < a < 1e-2
     with pytest.raises(ValueError, match="at least 2"):
         rk.fit_cell_calibration(units.groupby("cell").head(1))
+
+
+def test_train_block_candidate_channels_last_matches_nchw(space):
+    torch.set_num_threads(1)
+    i = 3
+    cand = str(space.candidates(i)[7])
+    torch.manual_seed(1)
+    x = torch.randn(48, space.blocks[i].in_chs, 4, 4)
+    t = torch.randn(48, space.blocks[i].out_chs, 4, 4)
+    tr, va = (x[:32], t[:32]), (x[32:], t[32:])
+    a = rk.train_block_candidate(space, i, cand, tr, va, steps=10, lr=0.01, batch_size=16, seed=0)
+    b = rk.train_block_candidate(space, i, cand, tr, va, steps=10, lr=0.01, batch_size=16, seed=0, channels_last=False)
+    assert a["channels_last"] and not b["channels_last"]
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)  # the same training up to float rounding

@@ -51,16 +51,19 @@ def _fresh_block(space: Any, i: int, seed: int) -> nn.Module:
 
 def train_block_candidate(space: Any, i: int, candidate: str, train: tuple[torch.Tensor, torch.Tensor],
                           val: tuple[torch.Tensor, torch.Tensor], *, steps: int, lr: float, batch_size: int,
-                          seed: int, device: Any = "cpu") -> dict[str, Any]:
+                          seed: int, device: Any = "cpu", channels_last: bool = True) -> dict[str, Any]:
     """Trains one candidate of block ``i`` alone from fresh weights on teacher features; its validation loss.
 
     Adam (lr with cosine decay to 0 over ``steps``), MSE to the teacher target, batches drawn from a seeded
     permutation of ``train`` epoch after epoch. ``val_loss`` is the rating's ``loss`` definition: total squared
-    error / number of target elements, BN in eval mode.
+    error / number of target elements, BN in eval mode. ``channels_last``: the block and its inputs in channels-last
+    memory format (the same arithmetic up to float rounding; on a CPU its convolutions' backward pass runs about
+    1.5x faster, measured on the study's blocks).
     """
     device = torch.device(device)
     cand = space.parse(i, candidate)
-    block = _fresh_block(space, i, seed).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    block = _fresh_block(space, i, seed).to(device, memory_format=fmt)
     params = [p for m in block.path(cand) for p in m.parameters()]
     if getattr(block, "stem", None) is not None:
         params += list(block.stem.parameters())
@@ -77,7 +80,7 @@ def train_block_candidate(space: Any, i: int, candidate: str, train: tuple[torch
             order, pos = torch.randperm(n, generator=gen), 0
         b = order[pos : pos + batch_size]
         pos += batch_size
-        out = block(x_tr[b].to(device), cand)
+        out = block(x_tr[b].to(device).contiguous(memory_format=fmt), cand)
         loss = nn.functional.mse_loss(out, t_tr[b].to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"rank_check: block {i} candidate {candidate} diverged (loss {loss.item()}): "
@@ -91,11 +94,12 @@ def train_block_candidate(space: Any, i: int, candidate: str, train: tuple[torch
     sse, count = 0.0, 0
     with torch.no_grad():
         for s in range(0, len(val[0]), 256):
-            out = block(val[0][s : s + 256].to(device), cand)
+            out = block(val[0][s : s + 256].to(device).contiguous(memory_format=fmt), cand)
             t = val[1][s : s + 256].to(device)
             sse += float(((out.float() - t) ** 2).sum())
             count += t.numel()
     tail = losses[-max(1, steps // 10):]
     return {"block": i, "candidate": candidate, "cell": cand.cell, "seed": seed, "steps": steps, "lr": lr,
+            "channels_last": bool(channels_last),
             "val_loss": sse / count, "train_loss_end": float(np.mean(tail)) if tail else None,
             "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2)}
