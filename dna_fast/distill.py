@@ -16,17 +16,16 @@ Run directory layout written here::
     run_dir/distill/tb/                    TensorBoard events (loss/block{i}, lr/block{i})
 
 Paths are a pure function of ``(seed, block, global step)``, so every DDP rank samples the same ones and a
-resumed run samples exactly what the uninterrupted run would have.
+resumed run samples exactly what the uninterrupted run would have. The path sampler (:class:`PathSampler`) lives in
+``_distill_sampler.py``, the log writer in ``_distill_logs.py``; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,7 +37,9 @@ from torch import nn
 
 from . import distributed as ddp
 from ._augment import BatchAugment
-from ._io import atomic_save, atomic_write, atomic_write_json, load_checkpoint
+from ._distill_logs import LOG_COLUMNS, _Logs
+from ._distill_sampler import CELL_MODES, PathSampler
+from ._io import atomic_save, atomic_write_json, load_checkpoint
 from .space import Candidate, SearchSpace
 from .supernet import Supernet
 
@@ -49,8 +50,6 @@ _logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "supernet_last.pt"
 CELL_STEPS_NAME = "cell_steps.json"
-CELL_MODES = ("shared", "parallel")
-LOG_COLUMNS = ("epoch", "step", "global_step", "block", "loss", "lr")
 _FORMAT_VERSION = 1
 
 
@@ -61,94 +60,6 @@ def default_lrs(num_blocks: int) -> list[float]:
     if num_blocks == 1:
         return [0.002]
     return [0.002] + [0.005] * (num_blocks - 2) + [0.002]
-
-
-class PathSampler:
-    """The paths each block trains at each global step; a pure function of ``(seed, block, step)``.
-
-    Args:
-        space: the search space.
-        seed: sampling seed.
-        mode: ``"uniform"``: a uniformly random candidate (of the block, or of the cell with ``cells="parallel"``).
-            ``"fair"``: strictly fair sampling (FairNAS-style). Shared cells: the steps are cut into cycles of
-            ``K * C`` steps (K ops, C cells); in a cycle every cell is used K times and every op of every layer of
-            every cell exactly once. Parallel cells: cycles of K steps per cell, every op of every layer once.
-        cells: ``"shared"``: one path of the block per step (its cells share the block's steps). ``"parallel"``: one
-            path of *every* cell per step, each cell's a function of ``(seed, block, the cell's depth and width,
-            step)`` only, so a cell trains on the paths it would get in a supernet that holds only that cell (the
-            authors' one supernet per depth).
-    """
-
-    def __init__(self, space: SearchSpace, seed: int = 0, mode: str = "uniform", cells: str = "shared") -> None:
-        if mode not in ("uniform", "fair"):
-            raise ValueError(f"sampling must be 'uniform' or 'fair', got {mode!r}")
-        if cells not in CELL_MODES:
-            raise ValueError(f"cells must be one of {', '.join(CELL_MODES)}, got {cells!r}")
-        self.space, self.seed, self.mode, self.cells = space, int(seed), mode, cells
-        self._cycle_cache: dict[tuple[int, int], tuple[list[int], list[list[list[int]]]]] = {}
-
-    def __call__(self, block: int, step: int) -> Candidate:
-        """The one path of block ``block`` at ``step`` (shared cells)."""
-        if self.mode == "uniform":
-            return self._uniform(block, step)
-        return self._fair(block, step)
-
-    def paths(self, block: int, step: int) -> list[Candidate]:
-        """Every path block ``block`` trains at ``step``: one (shared cells) or one per cell (parallel)."""
-        if self.cells == "shared":
-            return [self(block, step)]
-        return [self.cell_path(block, c, step) for c in range(len(self.space.blocks[block].cells))]
-
-    def cell_path(self, i: int, c: int, step: int) -> Candidate:
-        """The path of cell ``c`` of block ``i`` at ``step`` in parallel mode (uniform or fair within the cell)."""
-        cell = self.space.blocks[i].cells[c]
-        k = len(self.space.blocks[i].ops)
-        key = f"{self.seed}-{i}-{cell.label}"
-        if self.mode == "uniform":
-            rng = random.Random(f"dna-cell-uniform-{key}-{step}")
-            return self.space.candidate(i, c, [rng.randrange(k) for _ in range(cell.depth)])
-        cycle, pos = divmod(step, k)
-        rng = random.Random(f"dna-cell-fair-{key}-{cycle}")
-        return self.space.candidate(i, c, [rng.sample(range(k), k)[pos] for _ in range(cell.depth)])
-
-    def _uniform(self, i: int, step: int) -> Candidate:
-        rng = random.Random(f"dna-uniform-{self.seed}-{i}-{step}")
-        b = self.space.blocks[i]
-        r = rng.randrange(self.space.num_candidates(i))
-        k = len(b.ops)
-        for c, cell in enumerate(b.cells):
-            size = k ** cell.depth
-            if r < size:
-                ops = []
-                for _ in range(cell.depth):
-                    r, o = divmod(r, k)
-                    ops.append(o)
-                return self.space.candidate(i, c, ops[::-1])
-            r -= size
-        raise AssertionError("unreachable")
-
-    def _cycle(self, i: int, cycle: int) -> tuple[list[int], list[list[list[int]]]]:
-        key = (i, cycle)
-        if key not in self._cycle_cache:
-            if len(self._cycle_cache) > 64:
-                self._cycle_cache.clear()
-            rng = random.Random(f"dna-fair-{self.seed}-{i}-{cycle}")
-            b = self.space.blocks[i]
-            k = len(b.ops)
-            order = [c for c in range(len(b.cells)) for _ in range(k)]
-            rng.shuffle(order)
-            perms = [[rng.sample(range(k), k) for _ in range(cell.depth)] for cell in b.cells]
-            self._cycle_cache[key] = (order, perms)
-        return self._cycle_cache[key]
-
-    def _fair(self, i: int, step: int) -> Candidate:
-        b = self.space.blocks[i]
-        cycle_len = len(b.ops) * len(b.cells)
-        cycle, pos = divmod(step, cycle_len)
-        order, perms = self._cycle(i, cycle)
-        cell = order[pos]
-        t = order[:pos].count(cell)
-        return self.space.candidate(i, cell, [perm[t] for perm in perms[cell]])
 
 
 def _decay_groups(params: Sequence[nn.Parameter], weight_decay: float, decay_1d: bool) -> list[dict[str, Any]]:
@@ -341,64 +252,6 @@ def load_supernet(run_dir: str | os.PathLike, space: SearchSpace | str | None = 
         raise ValueError(f"the supernet checkpoint {str(path)!r} (space {ckpt['config'].get('space')!r}) does not "
                          f"fit search space {supernet.space.name!r}: {e}") from None
     return supernet.to(device).eval()
-
-
-# ---------------------------------------------------------------------------------------------- logs
-class _Logs:
-    """log.csv and TensorBoard events of the main rank (no-ops elsewhere); truncated to a resumed position."""
-
-    def __init__(self, run_dir: Path, main: bool, resume_step: int | None, tensorboard: bool) -> None:
-        self.main = main
-        self.csv_path = run_dir / "distill" / "log.csv"
-        self._file = self._writer = self._tb = None
-        if not main:
-            return
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        rows: list[dict[str, str]] = []
-        if resume_step is not None and self.csv_path.exists():
-            with open(self.csv_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("global_step", "").isdigit()
-                        and int(r["global_step"]) <= resume_step]
-
-        def write(f):
-            w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-            w.writeheader()
-            w.writerows({k: r.get(k, "") for k in LOG_COLUMNS} for r in rows)
-
-        atomic_write(self.csv_path, write, mode="w", newline="")
-        self._file = open(self.csv_path, "a", newline="")
-        self._writer = csv.writer(self._file)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(run_dir / "distill" / "tb"), purge_step=resume_step)
-            except ImportError:  # pragma: no cover - tensorboard is a dependency
-                _logger.warning("tensorboard is not installed: no TensorBoard events are written")
-
-    def write(self, epoch: int, step: int, global_step: int, losses: Sequence[float], lrs: Sequence[float]) -> None:
-        if not self.main:
-            return
-        for i, (loss, lr) in enumerate(zip(losses, lrs)):
-            self._writer.writerow([epoch, step, global_step, i, f"{loss:.6g}", f"{lr:.6g}"])
-            if self._tb is not None:
-                self._tb.add_scalar(f"loss/block{i}", loss, global_step)
-                self._tb.add_scalar(f"lr/block{i}", lr, global_step)
-
-    def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        if self._tb is not None:
-            self._tb.flush()
-
-    def close(self) -> None:
-        self.flush()
-        if self._file is not None:
-            self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-        self._file = self._tb = None
 
 
 # ---------------------------------------------------------------------------------------------- the loop
