@@ -8,6 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _bench import format_line  # noqa: E402  (the [bench] line tools/bench_table.py parses)
 
 HAS_GPU = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
@@ -15,8 +16,7 @@ gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
 
 def report(name: str, **figures) -> None:
     """Print measured figures on one line (shown with -s) and keep them for the results file."""
-    line = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
-    print(f"\n[bench] {name}: {line}")
+    print("\n" + format_line(name, figures))
     RESULTS.append({"name": name, **figures})
 
 

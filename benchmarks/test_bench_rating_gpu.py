@@ -15,15 +15,13 @@ against the device's peak (memory clock x bus width; fp32 FMA units x clock, fro
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from conftest import cuda_time, gpu, report
-from test_bench_rating import _bf16_checked, _perturb, _space, _timed
+from test_bench_rating import _bf16_checked, _timed, gpu_block1
 
 from dna_fast import _rating_kernels as rk
 from dna_fast.rating import rate_block, rate_block_naive
-from dna_fast.supernet import Supernet
 
 # fp32 FMA lanes per SM by compute capability (CUDA programming guide, arithmetic instructions table)
 _FP32_LANES = {(7, 0): 64, (8, 0): 64, (8, 6): 128, (8, 9): 128, (9, 0): 128, (10, 0): 128, (12, 0): 128}
@@ -44,13 +42,8 @@ def _peaks() -> tuple[float | None, float | None]:
 def test_bench_rating_gpu_paths(benchmark):
     if not rk.has_cuda_kernels():
         pytest.skip("extension built without its CUDA kernels")
-    torch.manual_seed(0)
     dev = torch.device("cuda")
-    sn = Supernet(_space()).eval().to(dev)
-    _perturb(sn)
-    pairs = [(torch.randn(256, 48, 56, 56, device=dev), torch.randn(256, 80, 28, 28, device=dev))]
-    n = sn.space.num_candidates(1)
-    sample = np.sort(np.random.default_rng(0).choice(n, 64, replace=False))
+    sn, pairs, n, sample = gpu_block1()
     bf = torch.bfloat16
     rk.clear_choices()
     for kernels in ("fused", "torch", "auto"):  # warm-up (and the timed choice of "auto")

@@ -341,3 +341,25 @@ def test_dry_run_on_the_package_builds_nothing_and_reads_backend_info(tmp_path):
     assert doc["backend_info"]["cpu_ops"] and doc["backend_info"]["torch"]
     assert "backend_info: {" in proc.stdout
     assert {p: p.stat().st_mtime for p in (ROOT / "dna_fast").glob("_C*.so")} == so_before
+
+
+def test_rating_summary_reports_bf16_accuracy_and_rate_against_the_gemm_roof():
+    """Issue 25: one run on a lent GPU answers both questions: the rating benchmark's bf16-vs-fp32 errors (with
+    autocast's beside them) and its GFLOP/s against the bf16 GEMM rate measured in the same run reach the results'
+    JSON ("rating") and the Markdown summary. (The benchmark itself runs a CPU stand-in under --dry-run:
+    DNA_GPU_CHECK_DRY_RUN, see benchmarks/test_bench_rating.py.)"""
+    figures = [
+        {"test": "t", "name": check.RATING_ACCURACY, "median_rel_err": 2e-5, "max_rel_err": 3e-4,
+         "autocast_median_rel_err": 9e-5, "autocast_max_rel_err": 2e-3, "no_worse_than_autocast": True},
+        {"test": "t", "name": check.RATING_WORK, "trie_gmac": 7963.0, "sharing": 3.97, "engine_gflop_s": 41000.0,
+         "gemm_roof_gflop_s": 410000.0, "engine_of_roof": 0.1, "naive_gflop_s": 9000.0, "ratio": 18.0,
+         "ratio_ceiling": 180.0},
+        {"test": "u", "name": "something else", "x": 1.0},
+    ]
+    s = check.rating_summary(figures)
+    assert s["median_rel_err"] == 2e-5 and s["no_worse_than_autocast"] is True
+    assert s["engine_of_roof"] == 0.1 and s["gemm_roof_gflop_s"] == 410000.0
+    assert check.rating_summary(figures[2:]) is None
+    md = "\n".join(check._rating_lines(s))
+    assert "median 2e-05, max 0.0003" in md and "0.1 of a plain bf16 GEMM" in md and "ceiling 180x" in md
+    assert check._rating_lines(None) == []

@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import subprocess
@@ -37,10 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _bench import cpu_flags, cpu_model, parse_lines  # noqa: E402  (the [bench] format, beside its writer)
+
 PAGE = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "benchmarks" / "results" / "bench_table.json"
 BEGIN, END = "<!-- bench_table:begin -->", "<!-- bench_table:end -->"
-LINE = re.compile(r"^\[bench\] (?P<name>.+?): (?P<fields>.*)$")
 
 
 @dataclass
@@ -92,29 +93,6 @@ GROUPS = [
 LOAD_WAIT_S = 60  # typical wait for the load average to fall below 1 after a 2-thread run
 
 
-def parse_fields(text: str) -> dict:
-    """``a=1.5, b=x, c=True`` -> {"a": 1.5, "b": "x", "c": True} (numbers as float)."""
-    out: dict = {}
-    for part in re.split(r", (?=[A-Za-z_][A-Za-z0-9_]*=)", text.strip()):
-        k, _, v = part.partition("=")
-        if not _:
-            continue
-        try:
-            out[k.strip()] = float(v)
-        except ValueError:
-            out[k.strip()] = {"True": True, "False": False}.get(v, v)
-    return out
-
-
-def parse_lines(output: str) -> list[dict]:
-    lines = []
-    for raw in output.splitlines():
-        m = LINE.match(raw.strip())
-        if m:
-            lines.append({"name": m["name"], "fields": parse_fields(m["fields"])})
-    return lines
-
-
 def load1() -> float:
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
@@ -130,31 +108,6 @@ def wait_for_quiet(max_load: float, timeout: float, poll: float = 10.0) -> tuple
         if time.monotonic() - t0 >= timeout:
             return la, time.monotonic() - t0, False
         time.sleep(poll)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> str:
-    """The vector extensions that decide which kernels run (from /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    keep = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
-                    return " ".join(k for k in keep if k in flags) or "no AVX2"
-    except OSError:
-        pass
-    return "?"
 
 
 def machine() -> dict:

@@ -29,7 +29,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -42,6 +41,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _bench import cpu_model, loadavg  # noqa: E402  (shared with tools/bench_table.py)
+
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 PLUGIN = "benchmarks.gpu._check_plugin"
 
@@ -402,7 +404,11 @@ def stage_gpu_tests(ctx: Context, budget: Budget) -> list[Step]:
 def stage_benchmarks(ctx: Context, budget: Budget) -> list[Step]:
     bench_json = ctx.work / "pytest-benchmark.json"
     args = [str(ctx.args.bench_dir), "-m", "gpu", "-s", *BENCH_OPTS, f"--benchmark-json={bench_json}"]
-    r, steps, counts = run_pytest(ctx, "benchmarks", args, budget.left(), ctx.args.bench_timeout, first=BENCH_FIRST)
+    # a dry run sets DNA_GPU_CHECK_DRY_RUN: the rating benchmark then runs a small CPU stand-in of itself, so the
+    # rating summary below is exercised without a GPU
+    extra = {"DNA_GPU_CHECK_DRY_RUN": "1"} if ctx.dry else None
+    r, steps, counts = run_pytest(ctx, "benchmarks", args, budget.left(), ctx.args.bench_timeout, first=BENCH_FIRST,
+                                  extra_env=extra)
     shown = [a for a in args if not a.startswith("--benchmark-json")]
     summary = _summary("pytest -m gpu --benchmark-only", r, counts, "pytest " + shlex.join(shown),
                        need_pass=not ctx.dry)
@@ -511,25 +517,6 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def render_markdown(doc: dict) -> str:
     dev = doc["device"] or {}
     info = doc.get("backend_info") or {}
@@ -549,12 +536,53 @@ def render_markdown(doc: dict) -> str:
         for fig in doc["figures"]:
             rest = ", ".join(_fmt(k, v) for k, v in fig.items() if k not in ("name", "test"))
             lines.append(f"| {fig.get('name', fig['test'])} | {rest} |")
+    lines += _rating_lines(doc.get("rating"))
     lines += ["", "## Steps", "", "| stage | step | status | s | detail |", "|---|---|---|---|---|"]
     for st in doc["stages"]:
         for s in st["steps"]:
             detail = s["detail"].replace("|", "/").replace("\n", " ")
             lines.append(f"| {st['name']} | {s['name']} | {s['status']} | {s['seconds']:.1f} | {detail} |")
     return "\n".join(lines) + "\n"
+
+
+# The two figures of test_bench_rating_gpu_block1 that answer issue 25 on a lent GPU: bf16 against fp32, and the
+# engine's work rate against the GPU's bf16 GEMM rate measured in the same run.
+RATING_ACCURACY = "rating dna block 1 gpu batch 256 bf16 accuracy vs fp32"
+RATING_WORK = "rating work dna block 1 gpu batch 256 bf16"
+
+
+def rating_summary(figures: list[dict]) -> dict | None:
+    """bf16 accuracy against fp32 and GFLOP/s against the bf16 GEMM roof, from the rating benchmark's figures (None
+    when it did not report them)."""
+    by_name = {f.get("name"): f for f in figures}
+    acc, work = by_name.get(RATING_ACCURACY), by_name.get(RATING_WORK)
+    if acc is None and work is None:
+        return None
+    out: dict = {}
+    if acc is not None:
+        out.update({k: acc.get(k) for k in ("median_rel_err", "max_rel_err", "autocast_median_rel_err",
+                                            "autocast_max_rel_err", "no_worse_than_autocast")})
+    if work is not None:
+        out.update({k: work.get(k) for k in ("trie_gmac", "sharing", "engine_gflop_s", "gemm_roof_gflop_s",
+                                             "engine_of_roof", "naive_gflop_s", "ratio", "ratio_ceiling")})
+    return out
+
+
+def _rating_lines(summary: dict | None) -> list[str]:
+    if not summary:
+        return []
+    g = summary.get
+    lines = ["", "## Rating on this GPU (bf16 against fp32, GFLOP/s against the bf16 GEMM rate)", ""]
+    if g("median_rel_err") is not None:
+        lines.append(f"- bf16 relative error against fp32: median {g('median_rel_err'):.3g}, max {g('max_rel_err'):.3g}"
+                     f" (autocast: {g('autocast_median_rel_err'):.3g}, {g('autocast_max_rel_err'):.3g}); no worse "
+                     f"than autocast: {g('no_worse_than_autocast')}")
+    if g("engine_gflop_s") is not None:
+        lines.append(f"- work: {g('trie_gmac'):.4g} GMAC in the trie (sharing {g('sharing'):.3g}x); engine "
+                     f"{g('engine_gflop_s'):.4g} GFLOP/s = {g('engine_of_roof'):.3g} of a plain bf16 GEMM of the same "
+                     f"shapes ({g('gemm_roof_gflop_s'):.4g} GFLOP/s, measured in this run); ratio to naive "
+                     f"{g('ratio'):.3g}x, ceiling {g('ratio_ceiling'):.3g}x")
+    return lines
 
 
 def _fmt(k: str, v) -> str:
@@ -647,14 +675,15 @@ def _document(args: argparse.Namespace, ctx: Context, stages: list[StageResult],
         "commit": _git_commit(),
         "total_budget_s": args.total_budget,
         "wall_s": round(wall, 1),
-        "host": {"hostname": socket.gethostname(), "cpu": _cpu_model(), "nproc": os.cpu_count(),
-                 "loadavg": _loadavg()},
+        "host": {"hostname": socket.gethostname(), "cpu": cpu_model(), "nproc": os.cpu_count(),
+                 "loadavg": loadavg()},
         "device": ctx.facts.get("device", {}),
         "toolchain": ctx.facts.get("toolchain", {}),
         "python": ctx.facts.get("python", {}),
         "backend_info": ctx.facts.get("backend_info", {}),
         "stages": [dict(asdict(s), steps=[asdict(x) for x in s.steps]) for s in stages],
         "figures": ctx.figures,
+        "rating": rating_summary(ctx.figures),
         "files": {"json": f"{stem}.json", "markdown": f"{stem}.md", "log": f"{stem}.log"},
     }
 
