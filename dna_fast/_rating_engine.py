@@ -449,7 +449,10 @@ def _mm(a: Tensor, b: Tensor) -> Tensor:
         return torch.mm(a if a.dtype == torch.float32 else a.float(), b)
     a = a if a.dtype == b.dtype else a.to(b.dtype)
     if a.is_cuda:
-        return torch.mm(a, b, out_dtype=torch.float32)
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a torch without mm's out_dtype (or not for this dtype)
+            return torch.mm(a, b).float()
     if _emulate_low(a):
         return torch.mm(a.float(), b.float())
     return torch.mm(a, b).float()
