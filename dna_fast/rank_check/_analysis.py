@@ -38,24 +38,8 @@ def equal_macs_stats(rows: list[dict], metrics: list[str], truth: np.ndarray, gr
     every metric, with its bootstrap interval and, for a rating, ``minus_macs`` (paired): the order among
     candidates of about the same cost, which is what a search under a budget needs from a rating."""
     macs = np.array([r["macs"] for r in rows], float)
-    out: dict[str, Any] = {"pairs": count_near_pairs(macs, groups, tol), "tolerance": tol}
-    pred = {}
-    for j, m in enumerate(metrics):
-        vals = [r.get(m) for r in rows]
-        if any(v is None for v in vals):
-            continue
-        pred[m] = _orient(m, vals)
-        lo, hi = bootstrap_ci(pred[m], truth, "tau", groups, n_boot, seed + 10 * j, near=macs, tol=tol)
-        out[m] = {"n": len(rows), "tau": _num(stratified_tau(pred[m], truth, groups, near=macs, tol=tol)),
-                  "tau_ci": [_num(lo), _num(hi)]}
-    if "macs" in pred:
-        for m in pred:
-            if m in COST_METRICS or out[m]["tau"] is None or out["macs"]["tau"] is None:
-                continue
-            lo, hi = bootstrap_diff_ci(pred[m], pred["macs"], truth, "tau", groups, n_boot, seed + 7, near=macs,
-                                       tol=tol)
-            out[m]["minus_macs"] = {"tau": _num(out[m]["tau"] - out["macs"]["tau"]), "tau_ci": [_num(lo), _num(hi)]}
-    return out
+    return {"pairs": count_near_pairs(macs, groups, tol), "tolerance": tol,
+            **_metric_stats(rows, metrics, truth, groups, n_boot, seed, near_tol=tol)}
 
 
 def block_found_vs_random(plan: dict, blocks: list[dict], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -98,10 +82,13 @@ def block_found_vs_random(plan: dict, blocks: list[dict], n_boot: int = 2000, se
     return out
 
 
-def _metric_stats(rows: list[dict], metrics: list[str], truth: np.ndarray, groups: Any, n_boot: int, seed: int
-                  ) -> dict[str, Any]:
+def _metric_stats(rows: list[dict], metrics: list[str], truth: np.ndarray, groups: Any, n_boot: int, seed: int,
+                  near_tol: float | None = None) -> dict[str, Any]:
     """rank_stats of every metric the rows hold; for a rating also ``minus_macs``: its tau minus the MACs proxy's,
-    with a paired bootstrap interval (:func:`bootstrap_diff_ci`, same resamples for both)."""
+    with a paired bootstrap interval (:func:`bootstrap_diff_ci`, same resamples for both). With ``near_tol``: tau
+    only, over the pairs whose MACs lie within ``near_tol`` of each other (:func:`equal_macs_stats`)."""
+    near = None if near_tol is None else np.array([r["macs"] for r in rows], float)
+    tol = 0.1 if near_tol is None else near_tol
     out = {}
     pred = {}
     for j, m in enumerate(metrics):
@@ -109,12 +96,18 @@ def _metric_stats(rows: list[dict], metrics: list[str], truth: np.ndarray, group
         if any(v is None for v in vals):
             continue
         pred[m] = _orient(m, vals)
-        out[m] = rank_stats(pred[m], truth, groups, n_boot, seed + 10 * j)
+        if near is None:
+            out[m] = rank_stats(pred[m], truth, groups, n_boot, seed + 10 * j)
+        else:
+            lo, hi = bootstrap_ci(pred[m], truth, "tau", groups, n_boot, seed + 10 * j, near=near, tol=tol)
+            out[m] = {"n": len(rows), "tau": _num(stratified_tau(pred[m], truth, groups, near=near, tol=tol)),
+                      "tau_ci": [_num(lo), _num(hi)]}
     if "macs" in out:
         for m in out:
             if m in COST_METRICS or out[m]["tau"] is None or out["macs"]["tau"] is None:
                 continue
-            lo, hi = bootstrap_diff_ci(pred[m], pred["macs"], truth, "tau", groups, n_boot, seed + 7)
+            lo, hi = bootstrap_diff_ci(pred[m], pred["macs"], truth, "tau", groups, n_boot, seed + 7, near=near,
+                                       tol=tol)
             out[m]["minus_macs"] = {"tau": _num(out[m]["tau"] - out["macs"]["tau"]), "tau_ci": [_num(lo), _num(hi)]}
     return out
 

@@ -15,20 +15,17 @@ from ._plan import plan_entries
 from ._stats import MIN_BOOTSTRAP_N
 
 
-def _fmt_stat(s: dict | None) -> str:
-    if not s or s.get("tau") is None:
+def _fmt_stat(s: dict | None, key: str = "tau") -> str:
+    """``+0.68 [+0.53, +0.80]``: a statistic (``tau`` or ``rho``) with its interval; ``-`` where there is none."""
+    if not s or s.get(key) is None:
         return "-"
-    lo, hi = s["tau_ci"]
+    lo, hi = s[f"{key}_ci"]
     ci = f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None else ""
-    return f"{s['tau']:+.2f}{ci}"
+    return f"{s[key]:+.2f}{ci}"
 
 
 def _fmt_rho(s: dict | None) -> str:
-    if not s or s.get("rho") is None:
-        return "-"
-    lo, hi = s["rho_ci"]
-    ci = f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None else ""
-    return f"{s['rho']:+.2f}{ci}"
+    return _fmt_stat(s, "rho")
 
 
 def _fmt_diffs(stats: dict, metrics: Sequence[str]) -> str:
