@@ -5,11 +5,17 @@
 exact search (:func:`dna_fast.search.search`) for every budget asked, computes the whole loss-vs-cost Pareto
 front, places the published DNA-a..d on it when they belong to the space, and writes the three files (the plot and
 the markdown through :mod:`dna_fast.report`).
+
+As a pipeline stage (:func:`stage_search`): reads ``ratings/block{i}.parquet``, writes ``search/``; done when
+``search/results.json`` holds the same budget, top-k, metric and fixed blocks. Later stages read its best
+architecture through :func:`found_architecture`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +23,15 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_json
+from ..config import ConfigError
 from ..report import _fmt_costs, plot_pareto, reference_points, write_search_section
 from ..search import Architecture, fix_blocks, pareto_front, parse_budget, search, with_metric
+from ._context import Context, StageInputError
+from .rate import ratings_done
 
-__all__ = ["run_search_stage", "load_tables"]
+__all__ = ["run_search_stage", "load_tables", "stage_search", "search_done", "found_architecture"]
+
+READS_DATA = False
 
 
 def load_tables(run_dir: str | os.PathLike) -> list[Any]:
@@ -211,3 +222,76 @@ def _json_default(x):
     if isinstance(x, np.generic):
         return x.item()
     raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------- the pipeline stage
+def search_done(ctx: Context) -> bool:
+    return ctx.path("search", "results.json").is_file()
+
+
+def check_inputs(ctx: Context) -> None:
+    if "rate" not in ctx.stages and not ratings_done(ctx):
+        raise StageInputError(f"stage search needs {ctx.run_dir}/ratings/block{{0..{ctx.space.num_blocks - 1}}}"
+                              ".parquet: run --stages rate first")
+
+
+def input_present(ctx: Context) -> bool:
+    return ratings_done(ctx)
+
+
+def stage_search(ctx: Context) -> dict:
+    """Exact search under ``search.budget`` (skipped when ``search/results.json`` has the same budget and top-k).
+
+    A new result whose best architecture differs from the one already retrained moves ``retrain/`` aside to
+    ``retrain.stale-<time>`` (kept, not deleted), so retraining never resumes another architecture's checkpoint.
+    """
+    s = ctx.cfg.search
+    budget = parse_budget(s.budget)
+    metric = ctx.cfg.rate.metric
+    try:
+        fixed = {str(i): ctx.space.format(int(i), ctx.space.parse(int(i), c)) for i, c in s.fixed_blocks.items()}
+    except (ValueError, IndexError) as e:
+        raise ConfigError(f"config key 'search.fixed_blocks': {e}") from None
+    res_path = ctx.path("search", "results.json")
+    if res_path.is_file():
+        old = json.loads(res_path.read_text())
+        same = old.get("metric", "loss") == metric and old.get("fixed_blocks", {}) == fixed
+        if [b.get("budget") for b in old.get("budgets", [])] == [budget] and old.get("top_k") == s.top_k and same:
+            best = found_architecture(ctx)
+            ctx.log(f"[search] done before: best {best['arch_str']} ({best['macs'] / 1e6:.3f} M MACs)")
+            return old
+    res = run_search_stage(ctx.run_dir, [budget], top_k=s.top_k, space=ctx.space, image_size=ctx.image_size,
+                           num_classes=ctx.num_classes, metric=metric, fixed_blocks=s.fixed_blocks)
+    best = found_architecture(ctx)
+    ctx.log(f"[search] budget {s.budget}: best {best['arch_str']} ({best['macs'] / 1e6:.3f} M MACs)")
+    plan_path = ctx.path("retrain", "plan.json")
+    if ctx.is_main and plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+        if plan.get("found", {}).get("choices") != best["choices"]:
+            stale = ctx.path(f"retrain.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(ctx.path("retrain"), stale)
+            ctx.log(f"[search] the best architecture changed: moved the old retrain/ to {stale.name}/")
+    return res if isinstance(res, dict) else {}
+
+
+def found_architecture(ctx: Context) -> dict:
+    """The best architecture of ``search/results.json``: ``choices`` (candidate strings), ``arch_def``, costs."""
+    from .. import cost, models
+
+    data = json.loads(ctx.path("search", "results.json").read_text())
+    entry = None
+    for b in data.get("budgets") or []:
+        if b.get("results"):
+            entry = b["results"][0]
+            break
+    if entry is None:
+        raise StageInputError(f"{ctx.run_dir}/search/results.json holds no architecture within the budget: run "
+                              "--stages search again with a larger search.budget")
+    if entry.get("choices"):
+        choices = [ctx.space.parse(i, c) for i, c in enumerate(entry["choices"])]
+    else:
+        choices = models.choices_from_arch_def(ctx.space, entry["arch_def"])
+    c = cost.network_cost(ctx.space, choices, ctx.image_size, ctx.num_classes)
+    return {"choices": [str(x) for x in choices], "arch_def": models.arch_def(ctx.space, choices),
+            "arch_str": " | ".join(str(x) for x in choices), "macs": int(c["macs"]), "params": int(c["params"]),
+            "loss": entry.get("loss")}
