@@ -21,7 +21,6 @@ fp32, one thread.
 
 from __future__ import annotations
 
-import copy
 import time
 
 import pytest
@@ -32,24 +31,6 @@ from dna_fast.distill import BlockTrainer, PathSampler, default_lrs
 from dna_fast.space import SearchSpace
 from dna_fast.supernet import Supernet
 from dna_fast.teacher import Teacher
-
-
-def _one_cell_space(space: SearchSpace, cell: int) -> SearchSpace:
-    spec = copy.deepcopy(space.to_dict())
-    for b in spec["blocks"]:
-        b["cells"] = [b["cells"][min(cell, len(b["cells"]) - 1)]]
-    return SearchSpace.from_dict(spec, name=f"{space.name}_cell{cell}")
-
-
-def _cell_state(full: Supernet, cell: int) -> dict[str, str]:
-    """single-cell supernet key -> the full supernet's key of the same tensor."""
-    out = {}
-    for key in full.state_dict():
-        p = key.split(".")
-        last = len(full.space.blocks[int(p[1])].cells) - 1
-        if (p[2] == "stems" and int(p[3]) == cell) or (p[2] == "cells" and int(p[3]) == min(cell, last)):
-            out[".".join(p[:3] + ["0"] + p[4:])] = key
-    return out
 
 
 def _step(trainer: BlockTrainer, images: torch.Tensor, sampler: PathSampler, step: int) -> None:
@@ -67,26 +48,22 @@ def test_parallel_cells_cost(benchmark):
     full = Supernet(space, cell_stems=True).train()
     shared = Supernet(space).train()
     ncells = max(len(b.cells) for b in space.blocks)
-    runs = []
-    for c in range(ncells):
-        one = Supernet(_one_cell_space(space, c), cell_stems=True).train()
-        keys = _cell_state(full, c)
-        one.load_state_dict({k: full.state_dict()[v] for k, v in keys.items()})
-        runs.append((one, keys))
+    runs = [full.extract_cell(c).train() for c in range(ncells)]
     images = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     lrs = default_lrs(space.num_blocks)
     t_par = BlockTrainer(full, teacher, lrs)
     t_shared = BlockTrainer(shared, teacher, lrs)
-    t_runs = [BlockTrainer(one, teacher, lrs) for one, _ in runs]
+    t_runs = [BlockTrainer(one, teacher, lrs) for one in runs]
     s_par, s_shared = PathSampler(space, 0, cells="parallel"), PathSampler(space, 0)
-    s_runs = [PathSampler(one.space, 0, cells="parallel") for one, _ in runs]
+    s_runs = [PathSampler(one.space, 0, cells="parallel") for one in runs]
 
     # correctness first: one parallel step = one step of every per-depth run, cell by cell
     _step(t_par, images, s_par, 0)
-    for (one, keys), tr, sp in zip(runs, t_runs, s_runs):
+    for c, (one, tr, sp) in enumerate(zip(runs, t_runs, s_runs)):
         _step(tr, images, sp, 0)
+        want = full.extract_cell(c).state_dict()
         for k, v in one.state_dict().items():
-            torch.testing.assert_close(v, full.state_dict()[keys[k]], rtol=0, atol=1e-6, msg=k)
+            torch.testing.assert_close(v, want[k], rtol=0, atol=1e-6, msg=k)
 
     def per_depth(step: int) -> None:
         for tr, sp in zip(t_runs, s_runs):

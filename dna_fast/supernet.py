@@ -11,6 +11,7 @@ see ``dna_fast.models.inherit_weights``.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Sequence
 
@@ -20,7 +21,17 @@ from torch import nn
 from .nn import ChoiceBlock, StudentStem, resolve_layers
 from .space import Candidate, SearchSpace
 
-__all__ = ["Supernet"]
+__all__ = ["Supernet", "one_cell_space"]
+
+
+def one_cell_space(space: SearchSpace | str, cell: int) -> SearchSpace:
+    """``space`` with one cell per block: cell ``cell`` (a block with fewer cells keeps its last). The space of the
+    authors' supernet for one depth (their ``StudentSuperNet(block_layers_num=...)``)."""
+    space = SearchSpace.load(space)
+    spec = copy.deepcopy(space.to_dict())
+    for b in spec["blocks"]:
+        b["cells"] = [b["cells"][min(cell, len(b["cells"]) - 1)]]
+    return SearchSpace.from_dict(spec, name=f"{space.name}_cell{cell}")
 
 
 class Supernet(nn.Module):
@@ -86,6 +97,25 @@ class Supernet(nn.Module):
     def path_modules(self, i: int, candidate: Candidate) -> list[nn.Module]:
         """The op modules candidate runs in block i (without the stem)."""
         return self.blocks[i].path(candidate)
+
+    def extract_cell(self, cell: int) -> Supernet:
+        """A supernet of :func:`one_cell_space` (with a stem per cell) holding a copy of this supernet's weights of
+        cell ``cell`` of every block (a block with fewer cells: its last) and of that cell's stem: e.g. the authors'
+        one-depth supernet out of one distilled with ``cells="parallel"``."""
+        last = [len(b.cells) - 1 for b in self.space.blocks]
+        out = Supernet(one_cell_space(self.space, cell), cell_stems=True)
+        src = self.state_dict()
+        state = {}
+        for key in out.state_dict():
+            p = key.split(".")  # blocks.{i}.cells.0.* / blocks.0.stems.0.*
+            i = int(p[1])
+            c = min(cell, last[i])
+            if p[2] == "stems" and not self.cell_stems:
+                state[key] = src[".".join(["blocks", "0", "stem", *p[4:]])]
+            else:
+                state[key] = src[".".join(p[:3] + [str(c)] + p[4:])]
+        out.load_state_dict(state)
+        return out
 
     def op(self, i: int, cell: int, layer: int, k: int) -> nn.Module:
         """The module of op k of a layer."""

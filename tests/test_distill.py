@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from dna_fast.distill import CHECKPOINT_NAME, LOG_COLUMNS, PathSampler, default_lrs, distill, load_supernet
 from dna_fast.space import SearchSpace
-from dna_fast.supernet import Supernet
+from dna_fast.supernet import Supernet, one_cell_space
 from dna_fast.teacher import Teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -344,26 +344,6 @@ def test_gpu_bf16_channels_last_matches_fp32(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- parallel cells
-def _one_cell_space(space: SearchSpace, cell: int) -> SearchSpace:
-    """``space`` with only cell ``cell`` (or its last cell, where it has fewer) in every block."""
-    spec = copy.deepcopy(space.to_dict())
-    for b in spec["blocks"]:
-        b["cells"] = [b["cells"][min(cell, len(b["cells"]) - 1)]]
-    return SearchSpace.from_dict(spec, name=f"{space.name}_cell{cell}")
-
-
-def _cell_key_map(full: Supernet, cell: int) -> dict[str, str]:
-    """single-cell supernet key -> full supernet key (cell ``cell`` of every block, block 0's stem of that cell)."""
-    out = {}
-    for key in full.state_dict():
-        parts = key.split(".")
-        if parts[2] == "stems" and int(parts[3]) == cell:
-            out[".".join(parts[:3] + ["0"] + parts[4:])] = key
-        elif parts[2] == "cells" and int(parts[3]) == min(cell, len(full.space.blocks[int(parts[1])].cells) - 1):
-            out[".".join(parts[:3] + ["0"] + parts[4:])] = key
-    return out
-
-
 def test_parallel_sampler_gives_each_cell_its_own_paths():
     space = SearchSpace.load("dna_mini")
     par = PathSampler(space, 3, "uniform", "parallel")
@@ -372,7 +352,7 @@ def test_parallel_sampler_gives_each_cell_its_own_paths():
         assert [p.cell for p in paths] == list(range(len(b.cells)))
         assert [len(p.ops) for p in paths] == [c.depth for c in b.cells]
     # a cell's paths depend on (seed, block, the cell's depth and width, step) only: the same in a one-cell space
-    one = PathSampler(_one_cell_space(space, 1), 3, "uniform", "parallel")
+    one = PathSampler(one_cell_space(space, 1), 3, "uniform", "parallel")
     assert [par.cell_path(1, 1, s).ops for s in range(50)] == [one.cell_path(1, 0, s).ops for s in range(50)]
     # fair within a cell: in every cycle of K steps each op of each layer exactly once
     fair = PathSampler(space, 3, "fair", "parallel")
@@ -391,7 +371,7 @@ def test_parallel_cell_trains_like_a_supernet_of_that_cell_alone(tmp_path, sampl
     """distill(cells='parallel'): after N steps every cell's weights (with block 0's stem of that cell) equal those of a
     supernet that holds only that cell, trained with the same seeds on the same batches."""
     full, teacher = _models(0, cell_stems=True)
-    init = copy.deepcopy(full.state_dict())
+    singles = [full.extract_cell(c) for c in (0, 1)]  # the initial weights of each cell (and its stem)
     res = distill(full, teacher, _Batches(n=3), tmp_path / "full", epochs=2, seed=5, sampling=sampling,
                   cells="parallel", **FAST)
     assert res["cell_steps"] == [[6] * len(b.cells) for b in full.space.blocks]
@@ -399,17 +379,24 @@ def test_parallel_cell_trains_like_a_supernet_of_that_cell_alone(tmp_path, sampl
     assert logged == {"cells": "parallel", "steps": {"block0": {"d1w16": 6, "d2w16": 6},
                                                      "block1": {"d2w24": 6, "d3w24": 6}, "block2": {"d3w32": 6},
                                                      "block3": {"d1w48": 6, "d2w48": 6}}}
-    trained = full.state_dict()
-    for cell in (0, 1):
-        torch.manual_seed(99)
-        single = Supernet(_one_cell_space(full.space, cell), cell_stems=True)
-        keys = _cell_key_map(full, cell)
-        assert set(keys) == set(single.state_dict())
-        single.load_state_dict({k: init[v] for k, v in keys.items()})
+    for cell, single in enumerate(singles):
         distill(single, teacher, _Batches(n=3), tmp_path / f"cell{cell}", epochs=2, seed=5, sampling=sampling,
                 cells="parallel", **FAST)
+        trained = full.extract_cell(cell).state_dict()
         for k, v in single.state_dict().items():
-            torch.testing.assert_close(v, trained[keys[k]], rtol=0, atol=1e-6, msg=k)
+            torch.testing.assert_close(v, trained[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_extract_cell_copies_that_cell_and_its_stem():
+    full, _ = _models(0, cell_stems=True)
+    one = full.extract_cell(1)
+    assert [len(b.cells) for b in one.space.blocks] == [1] * full.num_blocks
+    assert [b.cells[0].label for b in one.space.blocks] == ["d2w16", "d3w24", "d3w32", "d2w48"]
+    assert torch.equal(one.blocks[0].stems[0].conv_stem.weight, full.blocks[0].stems[1].conv_stem.weight)
+    assert torch.equal(one.op(1, 0, 2, 3).conv_pw.weight, full.op(1, 1, 2, 3).conv_pw.weight)
+    assert torch.equal(one.op(2, 0, 0, 1).conv_pw.weight, full.op(2, 0, 0, 1).conv_pw.weight)  # one-cell block
+    shared, _ = _models(0)  # a shared stem is copied into the one-cell supernet's stem
+    assert torch.equal(shared.extract_cell(0).blocks[0].stems[0].bn1.weight, shared.blocks[0].stem.bn1.weight)
 
 
 def test_parallel_needs_a_stem_per_cell_and_shared_counts_steps(tmp_path):
