@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "cpu/dwconv_route.h"
 #include "cpu/nhwc_avx2.h"
 #if __has_include("cpu/nhwc_avx512.h")
 #include "cpu/nhwc_avx512.h"  // defines DNA_FAST_AVX512_GEMM where its kernels are compiled
@@ -85,4 +86,13 @@ PYBIND11_MODULE(_C, m) {
       py::arg("bits") = 0,
       "Calls of the vector CPU kernels since load: bits=256 the AVX2 ones, 512 the AVX-512 ones, 0 (default) all; "
       "0 for kernels that were not compiled in.");
+  m.def(
+      "dwconv_route",
+      [](int64_t k, int64_t stride, int64_t out_width) {
+        return std::string(dna_fast::route_name(dna_fast::nchw_route(k, stride, out_width)));
+      },
+      py::arg("k"), py::arg("stride"), py::arg("out_width"),
+      "Which implementation dwconv_bn_act runs on an NCHW CPU input of this kernel size, stride and output width: "
+      "'direct' (the fused kernel) or 'eager' (oneDNN's conv with the BN folded in, then an in-place swish); "
+      "DNA_FAST_DWCONV=direct|eager forces one.");
 }

@@ -86,6 +86,38 @@ def test_dwconv_nchw_direct_kernel_wide_planes(device, dtype):
             torch.testing.assert_close(sums, sr, rtol=1e-4, atol=1e-3)
 
 
+def test_dwconv_nchw_route_table():
+    """Where the NCHW CPU routes go (csrc/cpu/dwconv_route.h): the direct kernel only where it measured faster than
+    eager (k = 3, stride 1, output width >= 24); the eager form itself (BN folded into oneDNN's conv, in-place silu)
+    at the shapes where the fused kernels measured 0.85-0.99x eager."""
+    from dna_fast import _C
+
+    assert _C.dwconv_route(3, 1, 56) == "direct" and _C.dwconv_route(3, 1, 24) == "direct"
+    for k, stride, wo in ((3, 1, 23), (3, 2, 28), (5, 1, 56), (7, 1, 56), (5, 1, 28), (7, 2, 14), (3, 1, 14)):
+        assert _C.dwconv_route(k, stride, wo) == "eager", (k, stride, wo)
+
+
+@pytest.mark.parametrize("route", ["direct", "eager"])
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+def test_dwconv_nchw_both_routes_match_reference(monkeypatch, route, dtype):
+    """Each NCHW route forced on shapes that normally take the other (DNA_FAST_DWCONV): both equal the reference,
+    with and without the SE sums."""
+    from dna_fast import _C
+
+    monkeypatch.setenv("DNA_FAST_DWCONV", route)
+    for n, c, h, w, k, stride in ((2, 5, 13, 30, 3, 1), (1, 4, 9, 11, 5, 1), (2, 6, 15, 28, 3, 2), (1, 3, 8, 7, 7, 2)):
+        wo = (w - 1) // stride + 1
+        assert _C.dwconv_route(k, stride, wo) == route
+        x = torch.randn(n, c, h, w).to(dtype)
+        wt, sc, sh = torch.randn(c, 1, k, k) * 0.3, torch.randn(c), torch.randn(c)
+        y, sums = ops.dwconv_bn_act(x, wt, sc, sh, stride, with_sums=True)
+        yr, sr = ops.dwconv_bn_act_reference(x, wt, sc, sh, stride, with_sums=True)
+        assert y.dtype == dtype and y.is_contiguous() and y.shape == yr.shape
+        torch.testing.assert_close(y, yr, **_rounded_tol(dtype))
+        torch.testing.assert_close(sums, sr, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(ops.dwconv_bn_act(x, wt, sc, sh, stride), yr, **_rounded_tol(dtype))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_fp64_inputs_compute_in_fp32_and_keep_dtype(device):
     # every op takes fp64 (computing in fp32, as documented) and returns fp64 close to the fp64-input reference

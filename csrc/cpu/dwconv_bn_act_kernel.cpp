@@ -7,9 +7,9 @@
 // channels_last fp32 with C % 8 == 0: the register-tiled kernel of nhwc_avx2.h (7 outputs' accumulators in ymm
 // registers, BN + swish + sums in its epilogue; an earlier direct channels_last kernel that kept one accumulator row
 // in memory per pixel, 3 loads + 1 store per FMA, was slower than oneDNN).
-// Elsewhere (other channels_last inputs, small NCHW planes, k = 5 or 7): ATen's depthwise conv in fp32, then one fused
-// epilogue pass. Tried and slower at the dna shapes: the direct NCHW kernel on 14x14 / 7x7 planes (rows shorter
-// than one AVX-512 vector run scalar).
+// Other channels_last inputs: ATen's depthwise conv in fp32, then one fused epilogue pass. Other NCHW shapes: the
+// eager form (dwconv_route.h says why). Tried and slower at the dna shapes: the direct NCHW kernel on 14x14 / 7x7
+// planes (rows shorter than one AVX-512 vector run scalar).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -23,6 +23,7 @@
 #include "dna_fast/cpu_vec.h"
 #include "dna_fast/dwconv.h"
 #include "dna_fast/math.h"
+#include "dwconv_route.h"
 #include "nhwc_avx2.h"
 
 namespace dna_fast {
@@ -219,11 +220,17 @@ void run_nhwc(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
 }
 #endif
 
-// The direct kernel wins on wide NCHW planes with k = 3 (its row loop vectorizes over output columns); elsewhere
-// oneDNN's depthwise conv + the fused epilogue is faster (measured at the dna shapes, batch 16, see benchmarks/:
-// with k = 5 the direct kernel was 0.55x eager at 240x28x28 and 0.82-0.92x at 40x56x56, the fused epilogue
-// 1.04x / 0.97x).
-inline bool use_direct(bool cl, int64_t k, int64_t Wo) { return !cl && k == 3 && Wo >= 24; }
+// NCHW routes (dwconv_route.h): the direct kernel, or the eager form itself (oneDNN's conv with the BN folded into
+// its weight and bias, then an in-place swish): a fused op is never slower than the eager sequence it replaces.
+template <typename scalar_t>
+void run_eager_form(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& shift,
+                    int64_t k, int64_t s, at::Tensor& y, at::Tensor& sums, bool with_sums) {
+  at::Tensor z = at::conv2d(x.to(at::kFloat), w * scale.view({-1, 1, 1, 1}), shift, {s, s}, {dw_pad(k), dw_pad(k)},
+                            {1, 1}, x.size(1));
+  at::silu_(z);
+  if (with_sums) sums.copy_(z.sum({2, 3}));
+  y.copy_(z);
+}
 
 std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cpu(const at::Tensor& x_, const at::Tensor& weight,
                                                      const at::Tensor& scale_, const at::Tensor& shift_,
@@ -253,11 +260,22 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cpu(const at::Tensor& x_, const
     return {y, sums};
   }
 #endif
+  if (!cl && nchw_route(k, stride, Wo) == DwRoute::kEager) {
+    if (x.scalar_type() == at::kFloat) {  // no copy: the conv's output is the result
+      y = at::silu_(at::conv2d(x, w * scale.view({-1, 1, 1, 1}), shift, {stride, stride}, {dw_pad(k), dw_pad(k)},
+                               {1, 1}, C));
+      if (with_sums) sums.copy_(y.sum({2, 3}));
+      return {y, sums};
+    }
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_bn_act_cpu", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      if (use_direct(cl, k, Wo))
+      const DwRoute route = cl ? DwRoute::kConvEpilogue : nchw_route(k, stride, Wo);
+      if (route == DwRoute::kDirect)
         run_nchw<scalar_t>(x, w.const_data_ptr<float>(), scale.const_data_ptr<float>(),
                            shift.const_data_ptr<float>(), k, stride, y, sp);
+      else if (route == DwRoute::kEager)
+        run_eager_form<scalar_t>(x, w, scale, shift, k, stride, y, sums, with_sums);
       else
         run_conv_epilogue<scalar_t>(x, w, scale.const_data_ptr<float>(), shift.const_data_ptr<float>(), k, stride, cl,
                                     y, sp);
