@@ -137,6 +137,19 @@ def summary(root: Path) -> str:
     return "\n".join(lines)
 
 
+def _relink(report: Path) -> None:
+    """report.md's links as they resolve beside it (the run's report links rank_check/x.png from the run dir); an
+    image not (yet) drawn is left out."""
+    if not report.is_file():
+        return
+    lines = []
+    for ln in report.read_text().replace("](rank_check/", "](").splitlines():
+        if ln.startswith("![") and "](" in ln and not (report.parent / ln.split("](", 1)[1].rstrip(")")).is_file():
+            continue
+        lines.append(ln)
+    report.write_text("\n".join(lines) + "\n")
+
+
 def save(root: Path, out: Path) -> None:
     _copy(root / "teacher" / "checkpoints" / "teacher.pth", out / "teacher" / "teacher.pth")
     _copy(root / "teacher" / "teacher" / "metrics.json", out / "teacher" / "metrics.json")
@@ -148,6 +161,7 @@ def save(root: Path, out: Path) -> None:
     for d in _unit_sets(root):
         for name in ROOT_FILES:
             _copy(d / "rank_check" / name, out / "units" / d.name / name)
+        _relink(out / "units" / d.name / "report.md")
         for p in sorted((d / "rank_check" / "blocks").glob("block*/*.json")):
             _copy(p, out / "units" / d.name / "blocks" / p.parent.name / p.name)
         _copy(d / "config.yaml", out / "units" / d.name / "config.yaml")
