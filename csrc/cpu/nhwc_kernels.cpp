@@ -68,20 +68,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats_cpu(const at::Tensor
 at::Tensor swish_rows_cpu(at::Tensor& x, const std::optional<at::Tensor>& scale_,
                           const std::optional<at::Tensor>& shift_, int64_t groups) {
   constexpr const char* op = "swish_rows_";
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": expected a contiguous 2-D [rows, C] tensor, got ",
-              x.sizes(), x.is_contiguous() ? "" : " (not contiguous)");
+  check_swish_rows_args(x, groups, op);
   TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": expected fp32, got ", x.scalar_type());
   const int64_t R = x.size(0), C = x.size(1);
-  auto vec = [&](const std::optional<at::Tensor>& v, const char* name) {
-    if (!v.has_value()) return at::Tensor();
-    TORCH_CHECK(v->dim() == 1 && v->size(0) == C, op, ": ", name, " must have shape [C] = [", C, "], got ",
-                v->sizes());
-    TORCH_CHECK(v->device() == x.device(), op, ": ", name, " is on ", v->device(), " but x is on ", x.device());
-    return float_contiguous(*v);
-  };
-  const at::Tensor scale = vec(scale_, "scale"), shift = vec(shift_, "shift");
-  TORCH_CHECK(groups >= 0 && (groups == 0 ? true : R % groups == 0), op, ": groups = ", groups,
-              " must be 0 (no sums) or divide the ", R, " rows");
+  const at::Tensor scale = checked_row_vector(x, scale_, op, "scale");
+  const at::Tensor shift = checked_row_vector(x, shift_, op, "shift");
   at::Tensor sums = at::zeros({groups, C}, x.options());
   if (R == 0 || C == 0) return sums;
   if (!vectorizable(x, C)) {
@@ -143,20 +134,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expand_dwconv_impl(const at::Tens
                                                                   const at::Tensor& b1_, const at::Tensor& wdw_,
                                                                   const at::Tensor* scale_, const at::Tensor* shift_,
                                                                   int64_t stride, const char* op) {
-  TORCH_CHECK(x_.dim() == 4, op, ": expected a 4-D input [N, Cin, H, W], got ", x_.dim(), "-D");
+  const int64_t C = check_expand_dwconv_args(x_, w1_, b1_, wdw_, scale_, shift_, stride, op);
   TORCH_CHECK(x_.scalar_type() == at::kFloat, op, ": expected fp32, got ", x_.scalar_type());
   const int64_t N = x_.size(0), Cin = x_.size(1), H = x_.size(2), W = x_.size(3);
-  TORCH_CHECK(w1_.dim() == 2 && w1_.size(0) == Cin, op, ": w1 must have shape [Cin, C] with Cin = ", Cin, ", got ",
-              w1_.sizes());
-  const int64_t C = w1_.size(1);
-  TORCH_CHECK(b1_.dim() == 1 && b1_.size(0) == C, op, ": b1 must have shape [C] = [", C, "], got ", b1_.sizes());
-  check_dw_weight(wdw_, C, stride, x_.device(), op, "w_dw");
   const int64_t k = wdw_.size(2);
   const bool act = scale_ != nullptr;
-  if (act) {
-    TORCH_CHECK(scale_->dim() == 1 && scale_->size(0) == C && shift_->dim() == 1 && shift_->size(0) == C, op,
-                ": scale and shift must have shape [C] = [", C, "]");
-  }
   const int64_t Ho = dw_out_size(H, k, stride), Wo = dw_out_size(W, k, stride);
   const at::Tensor x = x_.contiguous(at::MemoryFormat::ChannelsLast);
   if (!vectorizable(x, C) || x.numel() == 0 || Ho * Wo == 0) {  // the same math with the separate ops
@@ -206,8 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expand_dwconv_stats_cpu(const at:
   return expand_dwconv_impl(x, w1, b1, w_dw, nullptr, nullptr, stride, "expand_dwconv_stats");
 }
 
-// The shared arguments of linear_sq_err and linear_col_dev: x [rows, K] @ weight [K, N], an optional gate
-// [groups, K] scaling x's columns per group of rows / groups consecutive rows.
+// The shared arguments of linear_sq_err and linear_col_dev (checks.h's GatedShape) and their plain paths.
 struct GatedLinear {
   const at::Tensor& x;
   const at::Tensor& w;
@@ -216,17 +197,10 @@ struct GatedLinear {
 
   GatedLinear(const at::Tensor& x_, const at::Tensor& w_, const std::optional<at::Tensor>& gate_, const char* op)
       : x(x_), w(w_), gate(gate_) {
-    TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(0), op,
-                ": expected x [rows, K] and weight [K, N], got ", x.sizes(), " and ", w.sizes());
-    R = x.size(0), K = x.size(1), N = w.size(1);
-    G = gate.has_value() ? gate->size(0) : 1;
-    if (gate.has_value()) {
-      TORCH_CHECK(gate->dim() == 2 && gate->size(1) == K && G > 0 && R % G == 0, op,
-                  ": gate must have shape [groups, K] with K = ", K, " and groups dividing the ", R, " rows, got ",
-                  gate->sizes());
-    }
-    per = R / G;
+    const GatedShape s = check_gated_linear(x, w, gate, op);
+    R = s.R, K = s.K, N = s.N, G = s.G, per = s.per;
   }
+  GatedShape shape() const { return {R, K, N, G, per}; }
   // whether the AVX2 GEMM runs (else the fp64 product below)
   bool fast() const { return vectorizable(x, N) && R > 0 && K > 0; }
   // (x * gate) @ w in fp64: the plain path
@@ -249,11 +223,8 @@ std::tuple<at::Tensor, at::Tensor> linear_sq_err_cpu(const at::Tensor& x_, const
                                                      const std::optional<at::Tensor>& gate_) {
   constexpr const char* op = "linear_sq_err";
   const GatedLinear lin(x_, w_, gate_, op);
-  const int64_t R = lin.R, K = lin.K, N = lin.N, G = lin.G, per = lin.per;
-  TORCH_CHECK(offset_.dim() == 2 && offset_.size(0) == R && offset_.size(1) == N, op, ": offset must have shape [",
-              R, ", ", N, "], got ", offset_.sizes());
-  TORCH_CHECK(shift_.dim() == 1 && shift_.size(0) == N, op, ": shift must have shape [N] = [", N, "], got ",
-              shift_.sizes());
+  const int64_t K = lin.K, N = lin.N, G = lin.G, per = lin.per;
+  check_sq_err_terms(x_, offset_, shift_, lin.shape(), op);
   if (!lin.fast()) {
     const at::Tensor e = (lin.product_double() + offset_.to(at::kDouble) + shift_.to(at::kDouble)).view({G, per, N});
     return {e.square().sum({1, 2}), e.abs().sum({1, 2})};
@@ -288,8 +259,7 @@ at::Tensor linear_col_dev_cpu(const at::Tensor& x_, const at::Tensor& w_, const 
   constexpr const char* op = "linear_col_dev";
   const GatedLinear lin(x_, w_, gate_, op);
   const int64_t K = lin.K, N = lin.N, per = lin.per;
-  TORCH_CHECK(mean_.dim() == 1 && mean_.size(0) == N, op, ": mean must have shape [N] = [", N, "], got ",
-              mean_.sizes());
+  check_col_dev_mean(x_, mean_, lin.shape(), op);
   if (!lin.fast()) return (lin.product_double() - mean_.to(at::kDouble)).square().sum(0);
   const at::Tensor x = lin.rows(), wg = lin.group_weights(), mean = float_contiguous(mean_);
   // one partial row of N per group (parallel over groups), added at the end

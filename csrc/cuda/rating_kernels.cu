@@ -32,25 +32,11 @@ void check_float_input(const at::Tensor& x, const char* op) {
 // fp64 runs through the fp32 kernels (as the other CUDA ops do)
 at::Tensor kernel_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? x.to(at::kFloat) : x; }
 
-// x [rows, K] @ w [K, N] with an optional gate [groups, K] over groups of rows / groups consecutive rows: the checks of
-// the CPU twin (same messages).
-struct GatedArgs {
-  int64_t R, K, N, G;
-  GatedArgs(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& gate, const char* op) {
-    TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(0), op,
-                ": expected x [rows, K] and weight [K, N], got ", x.sizes(), " and ", w.sizes());
-    check_float_input(x, op);
-    TORCH_CHECK(w.device() == x.device(), op, ": weight is on ", w.device(), " but x is on ", x.device());
-    R = x.size(0), K = x.size(1), N = w.size(1);
-    G = gate.has_value() ? gate->size(0) : 0;
-    if (gate.has_value()) {
-      TORCH_CHECK(gate->dim() == 2 && gate->size(1) == K && G > 0 && R % G == 0, op,
-                  ": gate must have shape [groups, K] with K = ", K, " and groups dividing the ", R, " rows, got ",
-                  gate->sizes());
-      TORCH_CHECK(gate->device() == x.device(), op, ": gate is on ", gate->device(), " but x is on ", x.device());
-    }
-  }
-};
+// linear_sq_err / linear_col_dev: checks.h's shared checks (the CPU twin's messages) and the fp16 / bf16 input check.
+GatedShape gated_args(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& gate, const char* op) {
+  check_float_input(x, op);
+  return check_gated_linear(x, w, gate, op);
+}
 
 // (x * gate) @ w in fp64 with ATen: the degenerate shapes (no rows, K or N = 0)
 at::Tensor product_double(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& gate, int64_t G) {
@@ -88,22 +74,17 @@ std::tuple<at::Tensor, at::Tensor> linear_sq_err_cuda(const at::Tensor& x, const
                                                       const at::Tensor& offset_, const at::Tensor& shift_,
                                                       const std::optional<at::Tensor>& gate) {
   constexpr const char* op = "linear_sq_err";
-  const GatedArgs a(x, w, gate, op);
-  TORCH_CHECK(offset_.dim() == 2 && offset_.size(0) == a.R && offset_.size(1) == a.N, op,
-              ": offset must have shape [", a.R, ", ", a.N, "], got ", offset_.sizes());
-  TORCH_CHECK(shift_.dim() == 1 && shift_.size(0) == a.N, op, ": shift must have shape [N] = [", a.N, "], got ",
-              shift_.sizes());
-  TORCH_CHECK(offset_.device() == x.device() && shift_.device() == x.device(), op,
-              ": offset and shift must be on ", x.device());
+  const GatedShape a = gated_args(x, w, gate, op);
+  check_sq_err_terms(x, offset_, shift_, a, op);
   DNA_CUDA_GUARD(x.device());
-  const int64_t G = a.G > 0 ? a.G : 1;
+  const int64_t G = a.G, gate_groups = gate.has_value() ? G : 0;
   if (a.R == 0 || a.K == 0 || a.N == 0) {
-    const at::Tensor e = (product_double(x, w, gate, a.G) + offset_.to(at::kDouble) + shift_.to(at::kDouble))
+    const at::Tensor e = (product_double(x, w, gate, gate_groups) + offset_.to(at::kDouble) + shift_.to(at::kDouble))
                              .view({G, a.R / G, a.N});
     return {e.square().sum({1, 2}), e.abs().sum({1, 2})};
   }
   const at::Tensor partial = gated_gemm<rk::GemmEpilogue::kSqErr>(x, w, gate, float_contiguous(offset_),
-                                                                  float_contiguous(shift_), a.G);
+                                                                  float_contiguous(shift_), gate_groups);
   // [row tiles, column tiles, 2], the row tiles of a group consecutive
   const at::Tensor per_group = partial.to(at::kDouble).view({G, -1, 2}).sum(1);
   return {per_group.select(1, 0).contiguous(), per_group.select(1, 1).contiguous()};
@@ -112,15 +93,14 @@ std::tuple<at::Tensor, at::Tensor> linear_sq_err_cuda(const at::Tensor& x, const
 at::Tensor linear_col_dev_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& mean_,
                                const std::optional<at::Tensor>& gate) {
   constexpr const char* op = "linear_col_dev";
-  const GatedArgs a(x, w, gate, op);
-  TORCH_CHECK(mean_.dim() == 1 && mean_.size(0) == a.N, op, ": mean must have shape [N] = [", a.N, "], got ",
-              mean_.sizes());
-  TORCH_CHECK(mean_.device() == x.device(), op, ": mean is on ", mean_.device(), " but x is on ", x.device());
+  const GatedShape a = gated_args(x, w, gate, op);
+  check_col_dev_mean(x, mean_, a, op);
   DNA_CUDA_GUARD(x.device());
+  const int64_t gate_groups = gate.has_value() ? a.G : 0;
   if (a.R == 0 || a.K == 0 || a.N == 0)
-    return (product_double(x, w, gate, a.G) - mean_.to(at::kDouble)).square().sum(0);
+    return (product_double(x, w, gate, gate_groups) - mean_.to(at::kDouble)).square().sum(0);
   const at::Tensor partial =
-      gated_gemm<rk::GemmEpilogue::kColDev>(x, w, gate, at::Tensor(), float_contiguous(mean_), a.G);
+      gated_gemm<rk::GemmEpilogue::kColDev>(x, w, gate, at::Tensor(), float_contiguous(mean_), gate_groups);
   return partial.to(at::kDouble).sum(0);
 }
 
@@ -179,23 +159,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expand_dwconv_impl(const at::Tens
                                                                   const at::Tensor& b1_, const at::Tensor& wdw_,
                                                                   const at::Tensor* scale_, const at::Tensor* shift_,
                                                                   int64_t stride, const char* op) {
-  TORCH_CHECK(x_.dim() == 4, op, ": expected a 4-D input [N, Cin, H, W], got ", x_.dim(), "-D");
+  const int64_t C = check_expand_dwconv_args(x_, w1_, b1_, wdw_, scale_, shift_, stride, op);
   check_float_input(x_, op);
-  const int64_t Cin = x_.size(1);
-  TORCH_CHECK(w1_.dim() == 2 && w1_.size(0) == Cin, op, ": w1 must have shape [Cin, C] with Cin = ", Cin, ", got ",
-              w1_.sizes());
-  const int64_t C = w1_.size(1);
-  TORCH_CHECK(b1_.dim() == 1 && b1_.size(0) == C, op, ": b1 must have shape [C] = [", C, "], got ", b1_.sizes());
-  TORCH_CHECK(w1_.device() == x_.device() && b1_.device() == x_.device(), op, ": w1 and b1 must be on ",
-              x_.device());
-  check_dw_weight(wdw_, C, stride, x_.device(), op, "w_dw");
   const bool act = scale_ != nullptr;
-  if (act) {
-    TORCH_CHECK(scale_->dim() == 1 && scale_->size(0) == C && shift_->dim() == 1 && shift_->size(0) == C, op,
-                ": scale and shift must have shape [C] = [", C, "]");
-    TORCH_CHECK(scale_->device() == x_.device() && shift_->device() == x_.device(), op,
-                ": scale and shift must be on ", x_.device());
-  }
   DNA_CUDA_GUARD(x_.device());
   const int64_t k = wdw_.size(2);
   const at::Tensor x = kernel_dtype(x_).contiguous(at::MemoryFormat::ChannelsLast);
@@ -250,21 +216,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> expand_dwconv_stats_cuda(const at
 at::Tensor swish_rows_cuda(at::Tensor& x, const std::optional<at::Tensor>& scale_,
                            const std::optional<at::Tensor>& shift_, int64_t groups) {
   constexpr const char* op = "swish_rows_";
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": expected a contiguous 2-D [rows, C] tensor, got ",
-              x.sizes(), x.is_contiguous() ? "" : " (not contiguous)");
+  check_swish_rows_args(x, groups, op);
   const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op, ": expected fp32 / fp16 / bf16, got ", t);
   const int64_t R = x.size(0), C = x.size(1);
-  auto vec = [&](const std::optional<at::Tensor>& v, const char* name) {
-    if (!v.has_value()) return at::Tensor();
-    TORCH_CHECK(v->dim() == 1 && v->size(0) == C, op, ": ", name, " must have shape [C] = [", C, "], got ",
-                v->sizes());
-    TORCH_CHECK(v->device() == x.device(), op, ": ", name, " is on ", v->device(), " but x is on ", x.device());
-    return float_contiguous(*v);
-  };
-  const at::Tensor scale = vec(scale_, "scale"), shift = vec(shift_, "shift");
-  TORCH_CHECK(groups >= 0 && (groups == 0 ? true : R % groups == 0), op, ": groups = ", groups,
-              " must be 0 (no sums) or divide the ", R, " rows");
+  const at::Tensor scale = checked_row_vector(x, scale_, op, "scale");
+  const at::Tensor shift = checked_row_vector(x, shift_, op, "shift");
   DNA_CUDA_GUARD(x.device());
   const auto f32 = x.options().dtype(at::kFloat);
   if (R == 0 || C == 0) return at::zeros({groups, C}, f32);

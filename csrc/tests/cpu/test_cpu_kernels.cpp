@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "../dw_reference.h"
+
 // Calls of the vector kernels (nhwc_avx2.h) in the ops library; absent (null) when it was built without AVX2.
 namespace dna_fast::nhwc {
 extern __attribute__((weak)) std::atomic<int64_t> vector_calls;
@@ -68,19 +70,11 @@ at::Tensor dw_conv_ref(const at::Tensor& x_, const at::Tensor& w_, int64_t strid
   const double* xp = x.data_ptr<double>();
   const double* wp = w.data_ptr<double>();
   double* yp = y.data_ptr<double>();
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t oy = 0; oy < Ho; ++oy)
-        for (int64_t ox = 0; ox < Wo; ++ox) {
-          double acc = 0;
-          for (int64_t ky = 0; ky < k; ++ky)
-            for (int64_t kx = 0; kx < k; ++kx) {
-              const int64_t iy = oy * stride - p + ky, ix = ox * stride - p + kx;
-              if (iy >= 0 && iy < H && ix >= 0 && ix < W)
-                acc += wp[(c * k + ky) * k + kx] * xp[((n * C + c) * H + iy) * W + ix];
-            }
-          yp[((n * C + c) * Ho + oy) * Wo + ox] = acc;
-        }
+  dna_fast_test::dw_conv_ref(
+      N, C, H, W, k, stride,
+      [&](int64_t n, int64_t c, int64_t iy, int64_t ix) { return xp[((n * C + c) * H + iy) * W + ix]; },
+      [&](int64_t c, int64_t ky, int64_t kx) { return wp[(c * k + ky) * k + kx]; },
+      [&](int64_t n, int64_t c, int64_t oy, int64_t ox, double v) { yp[((n * C + c) * Ho + oy) * Wo + ox] = v; });
   return y;
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cudasim/check.h"
+#include "dw_reference.h"
 
 namespace rk = dna_fast::rating;
 
@@ -160,19 +161,13 @@ void expand_dw_case(cudasim_test::Checker& ck, int64_t N, int64_t H, int64_t W, 
     }
   const int64_t Ho = s.Ho, Wo = s.Wo;
   std::vector<double> ref(N * Ho * Wo * C);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t oy = 0; oy < Ho; ++oy)
-      for (int64_t ox = 0; ox < Wo; ++ox)
-        for (int64_t c = 0; c < C; ++c) {
-          double a = 0.0;
-          for (int ky = 0; ky < K; ++ky)
-            for (int kx = 0; kx < K; ++kx) {
-              const int64_t iy = oy * S - K / 2 + ky, ix = ox * S - K / 2 + kx;
-              if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-              a += wdw[c * K * K + ky * K + kx] * hid[((n * H + iy) * W + ix) * C + c];
-            }
-          ref[((n * Ho + oy) * Wo + ox) * C + c] = act ? swish(a * scale[c] + shift[c]) : a;
-        }
+  dna_fast_test::dw_conv_ref(
+      N, C, H, W, K, S,
+      [&](int64_t n, int64_t c, int64_t iy, int64_t ix) { return hid[((n * H + iy) * W + ix) * C + c]; },
+      [&](int64_t c, int64_t ky, int64_t kx) { return wdw[c * K * K + ky * K + kx]; },
+      [&](int64_t n, int64_t c, int64_t oy, int64_t ox, double a) {
+        ref[((n * Ho + oy) * Wo + ox) * C + c] = act ? swish(a * scale[c] + shift[c]) : a;
+      });
   std::vector<T> y(N * Ho * Wo * C, static_cast<T>(std::nanf("")));
   std::vector<float> row_sum(N * Ho * s.tiles_x * C, std::nanf("")), row_m2(act ? 0 : row_sum.size(), std::nanf(""));
   if (l.tiles > 0) {
