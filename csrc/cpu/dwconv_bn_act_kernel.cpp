@@ -262,8 +262,8 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cpu(const at::Tensor& x_, const
 #endif
   if (!cl && nchw_route(k, stride, Wo) == DwRoute::kEager) {
     if (x.scalar_type() == at::kFloat) {  // no copy: the conv's output is the result
-      y = at::silu_(at::conv2d(x, w * scale.view({-1, 1, 1, 1}), shift, {stride, stride}, {dw_pad(k), dw_pad(k)},
-                               {1, 1}, C));
+      y = at::conv2d(x, w * scale.view({-1, 1, 1, 1}), shift, {stride, stride}, {dw_pad(k), dw_pad(k)}, {1, 1}, C);
+      at::silu_(y);
       if (with_sums) sums.copy_(y.sum({2, 3}));
       return {y, sums};
     }

@@ -7,7 +7,8 @@
 // conv + the fused BN / swish / sums pass lost everywhere else (0.87-0.99x: its output goes through memory once more
 // than eager's in-place silu). Those shapes run the eager form itself.
 //
-// DNA_FAST_DWCONV=direct|eager (read at each call) forces one route on every NCHW input, for tests and A/B runs.
+// DNA_FAST_DWCONV=direct|eager (read at each call) forces one route on every NCHW input the route can take (the direct
+// kernel exists for k = 3 only), for tests and A/B runs.
 #pragma once
 
 #include <cstdint>
@@ -20,7 +21,7 @@ enum class DwRoute { kDirect, kEager, kConvEpilogue };
 
 inline DwRoute nchw_route(int64_t k, int64_t stride, int64_t Wo) {
   if (const char* force = std::getenv("DNA_FAST_DWCONV")) {
-    if (std::strcmp(force, "direct") == 0) return DwRoute::kDirect;
+    if (std::strcmp(force, "direct") == 0 && k == 3) return DwRoute::kDirect;
     if (std::strcmp(force, "eager") == 0) return DwRoute::kEager;
   }
   return (k == 3 && stride == 1 && Wo >= 24) ? DwRoute::kDirect : DwRoute::kEager;
