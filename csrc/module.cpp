@@ -88,11 +88,17 @@ PYBIND11_MODULE(_C, m) {
       "0 for kernels that were not compiled in.");
   m.def(
       "dwconv_route",
-      [](int64_t k, int64_t stride, int64_t out_width) {
-        return std::string(dna_fast::route_name(dna_fast::nchw_route(k, stride, out_width)));
+      [](int64_t k, int64_t stride, int64_t out_width, bool channels_last) {
+        if (!channels_last) return std::string(dna_fast::route_name(dna_fast::nchw_route(k, stride, out_width)));
+#ifdef DNA_FAST_NHWC_AVX2
+        return std::string(dna_fast::route_name(dna_fast::nhwc_route(k)));
+#else
+        return std::string(dna_fast::route_name(dna_fast::DwRoute::kConvEpilogue));
+#endif
       },
-      py::arg("k"), py::arg("stride"), py::arg("out_width"),
-      "Which implementation dwconv_bn_act runs on an NCHW CPU input of this kernel size, stride and output width: "
+      py::arg("k"), py::arg("stride"), py::arg("out_width"), py::arg("channels_last") = false,
+      "Which implementation dwconv_bn_act runs on a CPU input of this kernel size, stride and output width: "
       "'direct' (the fused kernel) or 'eager' (oneDNN's conv with the BN folded in, then an in-place swish); "
-      "DNA_FAST_DWCONV=direct|eager forces one.");
+      "channels_last=True: for fp32 inputs with channels a multiple of 8 ('conv_epilogue' where the AVX2 kernel is "
+      "not built in). DNA_FAST_DWCONV=direct|eager forces one.");
 }

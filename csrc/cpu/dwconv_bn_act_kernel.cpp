@@ -4,9 +4,9 @@
 // into a zero-padded thread-local buffer so the tap loops need no bounds checks, then each output row is computed
 // with the taps unrolled (K, S are template constants) and the row loop vectorized by the compiler (function clones
 // for AVX-512 / AVX2 / baseline, chosen at load time), BN + swish + sums applied while the row is in cache.
-// channels_last fp32 with C % 8 == 0: the register-tiled kernel of nhwc_avx2.h (7 outputs' accumulators in ymm
+// channels_last fp32 with C % 8 == 0, k = 3: the register-tiled kernel of nhwc_avx2.h (7 outputs' accumulators in ymm
 // registers, BN + swish + sums in its epilogue; an earlier direct channels_last kernel that kept one accumulator row
-// in memory per pixel, 3 loads + 1 store per FMA, was slower than oneDNN).
+// in memory per pixel, 3 loads + 1 store per FMA, was slower than oneDNN); at k >= 5 the eager form (dwconv_route.h).
 // Other channels_last inputs: ATen's depthwise conv in fp32, then one fused epilogue pass. Other NCHW shapes: the
 // eager form (dwconv_route.h says why). Tried and slower at the dna shapes: the direct NCHW kernel on 14x14 / 7x7
 // planes (rows shorter than one AVX-512 vector run scalar).
@@ -254,13 +254,15 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cpu(const at::Tensor& x_, const
     y.copy_(y32);
     return {y, with_sums ? s32 : sums};
   }
+  // fp32 channels_last with C % 8 == 0 where nhwc_avx2.h is built in: its kernel at k = 3, the eager form elsewhere
+  const bool nhwc = use_nhwc(x, cl);
 #ifdef DNA_FAST_NHWC_AVX2
-  if (use_nhwc(x, cl)) {
+  if (nhwc && nhwc_route(k) == DwRoute::kDirect) {
     run_nhwc(x, w, scale, shift, k, stride, y, sp);
     return {y, sums};
   }
 #endif
-  if (!cl && nchw_route(k, stride, Wo) == DwRoute::kEager) {
+  if (nhwc || (!cl && nchw_route(k, stride, Wo) == DwRoute::kEager)) {
     if (x.scalar_type() == at::kFloat) {  // no copy: the conv's output is the result
       y = at::conv2d(x, w * scale.view({-1, 1, 1, 1}), shift, {stride, stride}, {dw_pad(k), dw_pad(k)}, {1, 1}, C);
       at::silu_(y);

@@ -1,5 +1,6 @@
-// Which implementation dwconv_bn_act runs on an NCHW CPU input (channels_last: nhwc_avx2.h's kernel or oneDNN + a
-// fused epilogue). Inline and ATen-free so module.cpp can report the route to the tests (dna_fast._C.dwconv_route).
+// Which implementation dwconv_bn_act runs on a CPU input: NCHW (nchw_route) and channels_last fp32 with C % 8 == 0
+// where nhwc_avx2.h's kernel is built in (nhwc_route; other channels_last inputs: oneDNN + a fused epilogue). Inline
+// and ATen-free so module.cpp can report the route to the tests (dna_fast._C.dwconv_route).
 //
 // Measured (benchmarks/test_bench_kernels.py, batch 16, fused vs the eager sequence: conv with BN folded into its
 // weight and bias, then an in-place silu; 3 quiet runs, 2-core Xeon, 2026-12-02): the direct kernel won only on wide
@@ -7,8 +8,11 @@
 // conv + the fused BN / swish / sums pass lost everywhere else (0.87-0.99x: its output goes through memory once more
 // than eager's in-place silu). Those shapes run the eager form itself.
 //
-// DNA_FAST_DWCONV=direct|eager (read at each call) forces one route on every NCHW input the route can take (the direct
-// kernel exists for k = 3 only), for tests and A/B runs.
+// channels_last (same benchmark, same machine): the register-tiled kernel won at k = 3 (1.14-1.20x at every shape) and
+// lost or tied at k = 5 / 7 (0.88x at 16x40x56x56 k7, 0.95x at k5, 0.98-1.04x elsewhere): k >= 5 runs the eager form.
+//
+// DNA_FAST_DWCONV=direct|eager (read at each call) forces one route on every input the route can take (the direct
+// NCHW kernel exists for k = 3 only; the channels_last one for every k), for tests and A/B runs.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +29,14 @@ inline DwRoute nchw_route(int64_t k, int64_t stride, int64_t Wo) {
     if (std::strcmp(force, "eager") == 0) return DwRoute::kEager;
   }
   return (k == 3 && stride == 1 && Wo >= 24) ? DwRoute::kDirect : DwRoute::kEager;
+}
+
+inline DwRoute nhwc_route(int64_t k) {
+  if (const char* force = std::getenv("DNA_FAST_DWCONV")) {
+    if (std::strcmp(force, "direct") == 0) return DwRoute::kDirect;
+    if (std::strcmp(force, "eager") == 0) return DwRoute::kEager;
+  }
+  return k == 3 ? DwRoute::kDirect : DwRoute::kEager;
 }
 
 inline const char* route_name(DwRoute r) {
