@@ -119,3 +119,23 @@ def test_user_errors_are_clear(device):
         ops.scale_shift_swish(torch.randn(3, 4, device=device), torch.randn(3, device=device),
                               torch.randn(3, device=device))
 
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_records_a_graph_only_where_a_gradient_is_needed(device):
+    """The fused ops skip the Python autograd kernel where nothing needs a gradient (ops._differentiable_call) and
+    record their backward where something does: the same output either way."""
+    x = torch.randn(2, 8, 9, 9, device=device)
+    w, sc, sh = torch.randn(8, 1, 3, 3, device=device), torch.randn(8, device=device), torch.randn(8, device=device)
+    plain = ops.dwconv_bn_act(x, w, sc, sh, 1)
+    assert plain.grad_fn is None and not plain.requires_grad
+    ws = w.clone().requires_grad_()
+    y = ops.dwconv_bn_act(x, ws, sc, sh, 1)
+    assert y.grad_fn is not None
+    torch.testing.assert_close(y.detach(), plain)
+    with torch.no_grad():
+        assert ops.dwconv_bn_act(x, ws, sc, sh, 1).grad_fn is None
+    y.sum().backward()
+    assert ws.grad is not None and ws.grad.shape == w.shape
+    z = ops.scale_shift_swish(x.clone().requires_grad_(), sc, sh)
+    assert z.grad_fn is not None and ops.scale_shift_swish(x, sc, sh).grad_fn is None

@@ -240,36 +240,37 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cpu(const at::Tensor& x_, const
   const at::Tensor x = contiguous_as(x_, cl);
   const int64_t N = x.size(0), C = x.size(1), k = weight.size(2);
   const int64_t Ho = dw_out_size(x.size(2), k, stride), Wo = dw_out_size(x.size(3), k, stride);
-  at::Tensor y = at::empty({N, C, Ho, Wo}, x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast
-                                                                         : at::MemoryFormat::Contiguous));
+  const auto y_options = x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const auto f32 = x.options().dtype(at::kFloat);
   at::Tensor sums = with_sums ? at::zeros({N, C}, f32) : at::empty({0}, f32);
-  if (y.numel() == 0) return {y, sums};
+  if (N * C * Ho * Wo == 0) return {at::empty({N, C, Ho, Wo}, y_options), sums};
   const at::Tensor w = weight.to(at::kFloat).contiguous();
   const at::Tensor scale = float_contiguous(scale_), shift = float_contiguous(shift_);
-  float* sp = with_sums ? sums.mutable_data_ptr<float>() : nullptr;
   // double runs through the fp32 kernel (the op computes in fp32)
   if (x.scalar_type() == at::kDouble) {
     auto [y32, s32] = dwconv_bn_act_cpu(x.to(at::kFloat), weight, scale, shift, stride, with_sums);
-    y.copy_(y32);
-    return {y, with_sums ? s32 : sums};
+    return {y32.to(at::kDouble), with_sums ? s32 : sums};
   }
-  // fp32 channels_last with C % 8 == 0 where nhwc_avx2.h is built in: its kernel at k = 3, the eager form elsewhere
+  // fp32 channels_last with C % 8 == 0 where nhwc_avx2.h is built in: its kernel at k = 3, the eager form elsewhere;
+  // fp32 NCHW: the eager form where nchw_route says so. The eager form's conv output is the result (no copy).
   const bool nhwc = use_nhwc(x, cl);
+  const bool nhwc_direct = nhwc && nhwc_route(k) == DwRoute::kDirect;
+  const bool eager = nhwc ? !nhwc_direct : !cl && nchw_route(k, stride, Wo) == DwRoute::kEager;
+  if (x.scalar_type() == at::kFloat && eager) {
+    at::Tensor y =
+        at::conv2d(x, w * scale.view({-1, 1, 1, 1}), shift, {stride, stride}, {dw_pad(k), dw_pad(k)}, {1, 1}, C);
+    at::silu_(y);
+    if (with_sums) sums.copy_(y.sum({2, 3}));
+    return {y, sums};
+  }
+  at::Tensor y = at::empty({N, C, Ho, Wo}, y_options);
+  float* sp = with_sums ? sums.mutable_data_ptr<float>() : nullptr;
 #ifdef DNA_FAST_NHWC_AVX2
-  if (nhwc && nhwc_route(k) == DwRoute::kDirect) {
+  if (nhwc_direct) {
     run_nhwc(x, w, scale, shift, k, stride, y, sp);
     return {y, sums};
   }
 #endif
-  if (nhwc || (!cl && nchw_route(k, stride, Wo) == DwRoute::kEager)) {
-    if (x.scalar_type() == at::kFloat) {  // no copy: the conv's output is the result
-      y = at::conv2d(x, w * scale.view({-1, 1, 1, 1}), shift, {stride, stride}, {dw_pad(k), dw_pad(k)}, {1, 1}, C);
-      at::silu_(y);
-      if (with_sums) sums.copy_(y.sum({2, 3}));
-      return {y, sums};
-    }
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_bn_act_cpu", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
       const DwRoute route = cl ? DwRoute::kConvEpilogue : nchw_route(k, stride, Wo);
