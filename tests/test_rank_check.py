@@ -623,6 +623,33 @@ def test_cell_calibration_fits_each_cell_and_keeps_its_order(space):
         rk.fit_cell_calibration(units.groupby("cell").head(1))
 
 
+def test_loo_calibration_fits_without_the_candidate_itself():
+    """Leave-one-candidate-out: each candidate's rating mapped by lines fitted on the others (its seed duplicates
+    left out too), against a plain refit per candidate; exact where each cell is an affine map of the truth."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in (0, 1):
+        for cell, (a, c) in enumerate(((0.1, 0.2), (0.3, 0.1))):
+            for j in range(4):
+                r = float(rng.uniform(1, 2))
+                for seed in ((0, 1) if j == 0 else (0,)):
+                    rows.append({"block": b, "cell": cell, "candidate": f"b{b}c{cell}n{j}", "seed": seed, "loss": r,
+                                 "val_loss": a * r + c + (0.01 * seed if b == 1 else 0.0)})
+    units = pd.DataFrame(rows)
+    loo = rk.loo_calibrated(units)
+    exact = units["block"] == 0
+    np.testing.assert_allclose(loo[exact], units["val_loss"][exact])
+    for j in np.flatnonzero(~exact):
+        u = units.iloc[j]
+        rest = units[(units["block"] == u["block"]) & (units["candidate"] != u["candidate"])]
+        a, c = rk.fit_cell_calibration(rest)[(int(u["block"]), int(u["cell"]))]
+        assert loo[j] == pytest.approx(a * u["loss"] + c)
+    assert rk.stratified_tau(-loo, -units["val_loss"], units["block"]) > rk.stratified_tau(
+        -units["loss"], -units["val_loss"], units["block"])  # the cells now share one scale
+
+
 def test_train_block_candidate_channels_last_matches_nchw(space):
     torch.set_num_threads(1)
     i = 3

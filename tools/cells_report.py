@@ -133,8 +133,43 @@ def summary(root: Path) -> str:
                          f"{_fmt((pooled or {}).get('minus_macs'))} | "
                          f"{_fmt((bl.get('pooled_within_cells') or {}).get(m))} | {_fmt(eq)} | "
                          f"{_fmt((eq or {}).get('minus_macs'))} |")
+        lines += calibrated_rows(d, res)
         lines.append("")
     return "\n".join(lines)
+
+
+def calibrated_rows(unit_set: Path, res: dict, n_boot: int = 2000) -> list[str]:
+    """Table rows for every variant's rating with the per-cell calibration estimated leave-one-candidate-out on this
+    unit set's own units (rank_check.loo_calibrated): the remedy of issue 24's point 5 scored on candidates it was not
+    fitted on. Same columns as the rows above (within cells: unchanged by construction)."""
+    import pandas as pd
+
+    from dna_fast import rank_check as rk
+
+    p = unit_set / "rank_check" / "units.csv"
+    if not p.is_file():
+        return []
+    plan = json.loads((unit_set / "rank_check" / "plan.json").read_text())
+    t = pd.read_csv(p)
+    t = t[t["roles"].fillna("").str.contains("planned") & (t["seed"] == plan["seed"])].reset_index(drop=True)
+    if t.groupby(["block", "cell"]).size().min() < 3:
+        return []
+    tol = ((res.get("block_level") or {}).get("pooled_equal_macs") or {}).get("tolerance", 0.1)
+    truth, groups, macs = -t["val_loss"].to_numpy(float), t["block"].to_numpy(), t["macs"].to_numpy(float)
+    rows = []
+    for m in [c for c in t.columns if c.endswith(":loss")]:
+        cal = -rk.loo_calibrated(t.rename(columns={m: "_rating"}), "_rating")
+        pooled = rk.rank_stats(cal, truth, groups, n_boot)
+        lo, hi = rk.bootstrap_diff_ci(cal, macs, truth, "tau", groups, n_boot)
+        minus = {"tau": pooled["tau"] - rk.stratified_tau(macs, truth, groups), "tau_ci": [lo, hi]}
+        eq_tau = rk.stratified_tau(cal, truth, groups, near=macs, tol=tol)
+        elo, ehi = rk.bootstrap_ci(cal, truth, "tau", groups, n_boot, 0, near=macs, tol=tol)
+        dlo, dhi = rk.bootstrap_diff_ci(cal, macs, truth, "tau", groups, n_boot, near=macs, tol=tol)
+        eq_minus = eq_tau - rk.stratified_tau(macs, truth, groups, near=macs, tol=tol)
+        rows.append(f"| {m}, per-cell calibrated (leave-one-candidate-out) | - | {_fmt(pooled)} | {_fmt(minus)} | "
+                    f"- | {_fmt({'tau': eq_tau, 'tau_ci': [elo, ehi]})} | "
+                    f"{_fmt({'tau': eq_minus, 'tau_ci': [dlo, dhi]})} |")
+    return rows
 
 
 def _relink(report: Path) -> None:

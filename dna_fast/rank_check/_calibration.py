@@ -56,3 +56,20 @@ def calibrate_ratings(space: Any, tables: Sequence[Any], fit: dict[tuple[int, in
         t[metric] = a * t[metric].to_numpy(float) + b
         out.append(t)
     return out
+
+
+def loo_calibrated(units: Any, metric: str = "loss", min_units: int = 2) -> np.ndarray:
+    """Each unit's ``metric`` mapped by the per-cell lines of :func:`fit_cell_calibration` fitted on the units of the
+    *other* candidates (every unit of its own candidate, all seeds, left out): what the calibration does to
+    candidates it was not fitted on, estimated on one unit set (leave-one-candidate-out). Returns the calibrated
+    values in the row order of ``units``."""
+    out = np.empty(len(units))
+    keys = list(zip(units["block"], units["candidate"]))
+    for key in dict.fromkeys(keys):
+        mine = np.array([k == key for k in keys])
+        rest = units[~mine]
+        fit = fit_cell_calibration(rest[(rest["block"] == key[0])], metric, min_units)
+        for j in np.flatnonzero(mine):
+            a, b = fit[(int(units["block"].iloc[j]), int(units["cell"].iloc[j]))]
+            out[j] = a * float(units[metric].iloc[j]) + b
+    return out
