@@ -119,7 +119,8 @@ def test_dwconv_channels_last_both_routes_match_reference(monkeypatch, route):
     if _C.dwconv_route(3, 1, 56, channels_last=True) == "conv_epilogue":
         pytest.skip("the AVX2 channels_last kernel is not built in")
     monkeypatch.setenv("DNA_FAST_DWCONV", route)
-    for n, c, h, w, k, stride in ((2, 8, 14, 14, 3, 1), (1, 16, 9, 11, 5, 1), (2, 8, 15, 28, 7, 2), (1, 24, 7, 7, 5, 2)):
+    shapes = ((2, 8, 14, 14, 3, 1), (1, 16, 9, 11, 5, 1), (2, 8, 15, 28, 7, 2), (1, 24, 7, 7, 5, 2))
+    for n, c, h, w, k, stride in shapes:
         assert _C.dwconv_route(k, stride, (w - 1) // stride + 1, channels_last=True) == route
         x = torch.randn(n, c, h, w).to(memory_format=torch.channels_last)
         wt, sc, sh = torch.randn(c, 1, k, k) * 0.3, torch.randn(c), torch.randn(c)
