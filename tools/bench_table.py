@@ -214,14 +214,23 @@ def table_rows(groups: list[Group], data: dict) -> list[str]:
     return rows
 
 
+def _machine_text(m: dict) -> str:
+    return f"**{m.get('cpu', '?')}** ({m.get('cpus', '?')} CPUs; {m.get('flags', '?')}; torch {m.get('torch', '?')})"
+
+
 def render(groups: list[Group], data: dict) -> str:
-    m = data.get("machine", {})
-    cmds = "\n".join(f"- `{g.name}`: `{data['groups'][g.name]['runs'][0]['command']}`"
-                     for g in groups if data.get("groups", {}).get(g.name))
-    head = (f"Measured by `{data.get('invocation', 'python tools/bench_table.py')}` on **{m.get('cpu', '?')}** "
-            f"({m.get('cpus', '?')} CPUs; {m.get('flags', '?')}; torch {m.get('torch', '?')}). Each row: min / "
-            "median / max over the runs of its group, each run started once the 1-minute load average was below "
-            f"{data.get('max_load', 1.0)} (a `!` after a load: the wait timed out and the run went ahead).")
+    present = [g for g in groups if data.get("groups", {}).get(g.name)]
+    cmds = "\n".join(f"- `{g.name}`: `{data['groups'][g.name]['runs'][0]['command']}`" for g in present)
+    # a refresh with -k re-measures some groups, maybe on another machine: each group names its own
+    by_machine: dict[str, list[str]] = {}
+    for g in present:
+        gm = data["groups"][g.name].get("machine") or data.get("machine", {})
+        by_machine.setdefault(_machine_text(gm), []).append(f"`{g.name}`")
+    where = "; ".join(f"{', '.join(names)} on {m}" for m, names in by_machine.items())
+    head = (f"Measured by `tools/bench_table.py` (last: `{data.get('invocation', 'python tools/bench_table.py')}`): "
+            f"{where}. Each row: min / median / max over the runs of its group, each run started once the "
+            f"1-minute load average was below {data.get('max_load', 1.0)} (a `!` after a load: the wait timed out "
+            "and the run went ahead).")
     return "\n".join([BEGIN, head, "", *table_rows(groups, data), "", "Commands (run from the repository root):", "",
                       cmds, END])
 
@@ -292,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     for g in groups:
         data["groups"][g.name] = {"runs": run_group(g, runs, args.quick, args.max_load, args.load_timeout,
-                                                    args.timeout, python), "quick": args.quick}
+                                                    args.timeout, python), "quick": args.quick,
+                                  "machine": data["machine"]}
         args.results.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.results.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=1))
