@@ -20,7 +20,10 @@
 #     calibrate:V:UNITS[:EXCLUDE]
 #                        ROOT/V_cal: V's ratings with each cell's rating mapped onto the stand-alone scale by a line
 #                        fitted on the units of ROOT/UNITS (rank_check.fit_cell_calibration: only the cells move
-#                        against each other), leaving out the candidates of the plan ROOT/EXCLUDE/rank_check/plan.json
+#                        against each other; the plan's own seed only, as rank_check.loo_calibrated scores it),
+#                        leaving out the candidates of the plan ROOT/EXCLUDE/rank_check/plan.json, or with
+#                        EXCLUDE=random-SEED-M those of the random draw rank_check.block_selection=random,
+#                        rank_check.seed=SEED, block_candidates=M (a held-out draw, known before its plan is made)
 # The development units: DEV=rank_check.block_candidates_from=docs/ranking_study/fashion_mnist/plan.json, the 64
 # candidates of the first study, e.g.  tools/cells_study.sh runs/cells units:dev1248:1248:$DEV
 set -euo pipefail
@@ -96,7 +99,8 @@ for phase in "$@"; do
     calibrate)
       v=$a; units=$b; exclude=${c:-}; R="$ROOT/${v}_cal"
       say "calibrate $v on $units (excluding ${exclude:-nothing})"
-      "$PY" - "$ROOT/$v" "$ROOT/$units/rank_check/units.csv" "$R" "${exclude:+$ROOT/$exclude/rank_check/plan.json}" <<'PYEOF'
+      case "$exclude" in random-*|"") ex=$exclude ;; *) ex=$ROOT/$exclude/rank_check/plan.json ;; esac
+      "$PY" - "$ROOT/$v" "$ROOT/$units/rank_check/units.csv" "$R" "$ex" <<'PYEOF'
 import json, sys
 from pathlib import Path
 import pandas as pd
@@ -108,19 +112,33 @@ label = Path(src).name
 import yaml
 space = SearchSpace.load(yaml.safe_load((Path(units_csv).parent.parent / "config.yaml").read_text())["space"])
 units = pd.read_csv(units_csv)
-units = units[units["roles"].fillna("").str.contains("planned")]
-if exclude:
+own_seed = json.loads((Path(units_csv).parent / "plan.json").read_text())["seed"]
+units = units[units["roles"].fillna("").str.contains("planned") & (units["seed"] == own_seed)]
+drop = set()
+if exclude.startswith("random-"):
+    _, dseed, m = exclude.split("-")
+    drop = {(i, c) for i in range(space.num_blocks) for c in rk.select_random_candidates(space, i, int(m), int(dseed))}
+elif exclude:
     held = json.loads(Path(exclude).read_text())
     drop = {(int(b), e["candidate"]) for b, es in held["blocks"].items() for e in es}
-    units = units[[(int(b), c) not in drop for b, c in zip(units["block"], units["candidate"])]]
+keep = units[[(int(b), c) not in drop for b, c in zip(units["block"], units["candidate"])]]
+# a cell left with fewer than 2 units (all its candidates drawn: the 4 of a depth-1 cell) keeps its own units, the
+# same candidates in other trainings; calibration.json names those cells
+short = [k for k, g in units.groupby(["block", "cell"]) if len(keep[(keep["block"] == k[0]) & (keep["cell"] == k[1])]) < 2]
+for b, c in short:
+    keep = pd.concat([keep, units[(units["block"] == b) & (units["cell"] == c)]]).drop_duplicates()
+units = keep
 col = f"{label}:loss"
 fit = rk.fit_cell_calibration(units.rename(columns={col: "rating"}), "rating")
 tables = rk.calibrate_ratings(space, load_ratings(src), fit, "loss")
 (out / "ratings").mkdir(parents=True, exist_ok=True)
 for i, t in enumerate(tables):
     t.to_parquet(out / "ratings" / f"block{i}.parquet")
-(out / "calibration.json").write_text(json.dumps({"source": src, "units": units_csv, "excluded_plan": exclude or None,
-    "units_used": len(units), "lines": {f"{b}.{c}": ab for (b, c), ab in fit.items()}}, indent=2))
+(out / "calibration.json").write_text(json.dumps({
+    "source": src, "units": units_csv, "excluded_plan": exclude or None, "units_used": len(units),
+    "excluded": sorted(f"{b}:{c}" for b, c in drop),
+    "cells_fitted_on_excluded_candidates": [f"{b}.{c}" for b, c in short],
+    "lines": {f"{b}.{c}": ab for (b, c), ab in fit.items()}}, indent=2))
 print(f"[cells] {out}: {len(units)} units, lines {fit}")
 PYEOF
       ;;
