@@ -141,7 +141,8 @@ def summary(root: Path) -> str:
 def calibrated_rows(unit_set: Path, res: dict, n_boot: int = 2000) -> list[str]:
     """Table rows for every variant's rating with the per-cell calibration estimated leave-one-candidate-out on this
     unit set's own units (rank_check.loo_calibrated): the remedy of issue 24's point 5 scored on candidates it was not
-    fitted on. Same columns as the rows above (within cells: unchanged by construction)."""
+    fitted on. Same columns as the rows above (within cells: unchanged by construction). Development sets only: a
+    random (held-out) draw is scored with the lines fitted on the development units (its own ratings)."""
     import pandas as pd
 
     from dna_fast import rank_check as rk
@@ -150,6 +151,8 @@ def calibrated_rows(unit_set: Path, res: dict, n_boot: int = 2000) -> list[str]:
     if not p.is_file():
         return []
     plan = json.loads((unit_set / "rank_check" / "plan.json").read_text())
+    if plan.get("selection") == "random":  # a held-out draw is scored with lines fitted elsewhere, not on itself
+        return []
     t = pd.read_csv(p)
     t = t[t["roles"].fillna("").str.contains("planned") & (t["seed"] == plan["seed"])].reset_index(drop=True)
     if t.groupby(["block", "cell"]).size().min() < 3:
@@ -200,6 +203,9 @@ def save(root: Path, out: Path) -> None:
         for p in sorted((d / "rank_check" / "blocks").glob("block*/*.json")):
             _copy(p, out / "units" / d.name / "blocks" / p.parent.name / p.name)
         _copy(d / "config.yaml", out / "units" / d.name / "config.yaml")
+        for p in sorted((d / "ratings").glob("block*.parquet")):  # the plan's own ratings (calibrated ones too)
+            _copy(p, out / "units" / d.name / "ratings" / p.name)
+        _copy(d / "calibration.json", out / "units" / d.name / "calibration.json")
     (out / "summary.md").write_text(summary(root))
 
 
@@ -215,6 +221,9 @@ def restore(out: Path, root: Path) -> None:
     for d in sorted((out / "units").glob("*")):
         _copy(d / "config.yaml", root / d.name / "config.yaml")
         _copy(d / "plan.json", root / d.name / "rank_check" / "plan.json")
+        _copy(d / "calibration.json", root / d.name / "calibration.json")
+        for p in sorted((d / "ratings").glob("block*.parquet")):
+            _copy(p, root / d.name / "ratings" / p.name)
         for p in sorted((d / "blocks").glob("block*/*.json")):
             _copy(p, root / d.name / "rank_check" / "blocks" / p.parent.name / p.name)
 
