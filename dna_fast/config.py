@@ -152,6 +152,12 @@ class RateConfig:
         calib_source: where the BN recalibration batches come from: ``val`` (the first ``calib_batches`` batches of
             the val split, before the rated ones) or ``train`` (the authors': augmented training batches, the
             first of the run's seed, drawn once; ``calib_batches=1`` is their one batch, its statistics alone).
+        cell_calibration: stand-alone units per cell that calibrate the ratings (0: off, else at least 2): that many
+            candidates of every cell, spread over the cell's ratings, trained alone on the teacher's features as the
+            ranking check trains them (``rank_check.block_steps``, ``block_lr``, ``block_batch_size``,
+            ``block_train_images``, ``block_val_images``); each cell's ``metric`` is then mapped onto the stand-alone
+            loss by a least-squares line, so the cells of a block (depths, widths) become comparable. Raw tables stay
+            in ``ratings/raw/``; ``ratings/calibration.json`` holds the lines and units.
     """
 
     num_batches: int = 4
@@ -160,6 +166,7 @@ class RateConfig:
     bf16: bool = True
     metric: str = "loss"
     calib_source: str = "val"
+    cell_calibration: int = 0
 
 
 @dataclass
@@ -508,6 +515,9 @@ def validate(cfg: RunConfig) -> None:
         if aug.color_jitter < 0 or not 0.0 <= aug.random_erasing <= 1.0:
             raise ConfigError(f"config key '{sec}.color_jitter' must not be negative and '{sec}.random_erasing' "
                               f"must be a probability in [0, 1], got {aug.color_jitter} and {aug.random_erasing}")
+    if cfg.rate.cell_calibration < 0 or cfg.rate.cell_calibration == 1:
+        raise ConfigError("config key 'rate.cell_calibration' must be 0 (off) or at least 2 (a line per cell needs two "
+                          f"units), got {cfg.rate.cell_calibration}")
     if (cfg.rate.calib_source == "train" or cfg.teacher.bn == "train") and cfg.rate.calib_batches < 1:
         raise ConfigError("rate.calib_source=train and teacher.bn=train recalibrate BatchNorm on calibration batches: "
                           "set rate.calib_batches >= 1 (the authors: 1)")

@@ -662,3 +662,55 @@ def test_train_block_candidate_channels_last_matches_nchw(space):
     b = rk.train_block_candidate(space, i, cand, tr, va, steps=10, lr=0.01, batch_size=16, seed=0, channels_last=False)
     assert a["channels_last"] and not b["channels_last"]
     assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)  # the same training up to float rounding
+
+
+def test_calibration_candidates_spread_over_each_cell(space):
+    t = _table(space, 1)
+    chosen = rk.calibration_candidates(space, 1, t, 3)
+    cells = {c: space.parse(1, c).cell for c in chosen}
+    assert sorted(cells.values()) == [0, 0, 0, 1, 1, 1]
+    for cell in (0, 1):
+        mine = t[[space.parse(1, str(c)).cell == cell for c in t.index]]["loss"]
+        picked = sorted(t.at[c, "loss"] for c in chosen if cells[c] == cell)
+        assert picked[0] == mine.min() and picked[-1] == mine.max()  # the best and the worst of the cell
+    assert rk.calibration_candidates(space, 0, _table(space, 0), 50) == [str(c) for c in _table(space, 0).sort_values(
+        "loss").index if space.parse(0, str(c)).cell == 0] + [str(c) for c in _table(space, 0).sort_values(
+            "loss").index if space.parse(0, str(c)).cell == 1]  # fewer than asked: all of them, best first
+
+
+@pytest.mark.slow
+def test_rate_stage_calibrates_cells_and_resumes(tmp_path, capsys):
+    """rate.cell_calibration=2: two stand-alone units per cell, the raw tables kept, each cell's ratings mapped by its
+    line (order within a cell unchanged); a rerun after a lost unit trains only that one; search runs on the result."""
+    import pandas as pd
+
+    from dna_fast import train
+    from dna_fast.config import ConfigError, load_config
+
+    _tiny_fashion(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    tiny = [*TINY_STUDY, f"data.root={tmp_path / 'data'}", "rate.cell_calibration=2"]
+    assert train.main(["--run-dir", str(run_dir), "--stages", "teacher,distill,rate,search", *tiny]) == 0
+    assert "per-cell calibration: 14 of 14 stand-alone units" in capsys.readouterr().out
+    cal = json.loads((run_dir / "ratings" / "calibration.json").read_text())
+    assert len(cal["lines"]) == 7 and len(cal["units"]) == 14 and cal["steps"] == 3  # dna_mini: 7 cells
+    sp = SearchSpace.load("dna_mini")
+    for i in range(sp.num_blocks):
+        raw = pd.read_parquet(run_dir / "ratings" / "raw" / f"block{i}.parquet")
+        new = pd.read_parquet(run_dir / "ratings" / f"block{i}.parquet")
+        cells = np.array([sp.parse(i, str(c)).cell for c in raw.index])
+        a = np.array([cal["lines"][f"{i}.{c}"][0] for c in cells])
+        b = np.array([cal["lines"][f"{i}.{c}"][1] for c in cells])
+        np.testing.assert_allclose(new["loss"], a * raw["loss"] + b)
+        assert (a > 0).all() and (new["macs"] == raw["macs"]).all()
+    assert (run_dir / "search" / "results.json").is_file()
+    # a lost unit: the rerun trains only it and calibrates again
+    unit = next((run_dir / "ratings" / "calibration" / "units" / "block1").glob("*.json"))
+    unit.unlink()
+    (run_dir / "ratings" / "calibration.json").unlink()
+    assert train.main(["--run-dir", str(run_dir), "--stages", "rate", *tiny]) == 0
+    assert "1 of 14 stand-alone units" in capsys.readouterr().out
+    again = json.loads((run_dir / "ratings" / "calibration.json").read_text())
+    assert again["lines"].keys() == cal["lines"].keys() and unit.is_file()
+    with pytest.raises(ConfigError, match="cell_calibration"):
+        load_config(None, ["rate.cell_calibration=1"])

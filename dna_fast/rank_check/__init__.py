@@ -42,7 +42,7 @@ from ._analysis import (  # noqa: F401
     block_found_vs_random,
     equal_macs_stats,
 )
-from ._calibration import calibrate_ratings, fit_cell_calibration, loo_calibrated  # noqa: F401
+from ._calibration import calibrate_ratings, calibration_candidates, fit_cell_calibration, loo_calibrated  # noqa: F401
 from ._plan import (  # noqa: F401
     _NOT_METRICS,
     _cell_shares,

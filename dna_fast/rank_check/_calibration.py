@@ -73,3 +73,19 @@ def loo_calibrated(units: Any, metric: str = "loss", min_units: int = 2) -> np.n
             a, b = fit[(int(units["block"].iloc[j]), int(units["cell"].iloc[j]))]
             out[j] = a * float(units[metric].iloc[j]) + b
     return out
+
+
+def calibration_candidates(space: Any, i: int, table: Any, k: int, metric: str = "loss") -> list[str]:
+    """``k`` candidates of every cell of block ``i`` spread over the cell's ``metric`` range (the best, the worst and
+    evenly between, by rank), for the per-cell calibration; a cell with fewer candidates gives all of them. A pure
+    function of the table."""
+    t = table[~table.index.duplicated()]
+    by_cell: dict[int, list[str]] = {}
+    for c in t.index:
+        by_cell.setdefault(space.parse(i, str(c)).cell, []).append(str(c))
+    out = []
+    for cell in sorted(by_cell):
+        names = sorted(by_cell[cell], key=lambda n: (float(t.at[n, metric]), n))
+        pos = np.unique(np.round(np.linspace(0, len(names) - 1, min(k, len(names)))).astype(int))
+        out += [names[p] for p in pos]
+    return out

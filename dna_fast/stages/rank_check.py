@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, RunConfig
+from ._cell_calibration import standalone_steps
 from ._context import Context, StageInputError, _write_json
 from .rate import ratings_done
 from .retrain import random_controls
@@ -133,10 +134,7 @@ def stage_rank_check(ctx: Context) -> dict:
             _write_json(plan, plan_path)
     d = ctx.cfg.data
     eval_split = "test" if d.backend == "fashion_mnist" else "val"
-    block_steps = rc.block_steps
-    if not block_steps:
-        per_epoch = len(ctx.loader("train"))
-        block_steps = ctx.cfg.distill.epochs * min(per_epoch, ctx.cfg.distill.max_steps_per_epoch or per_epoch)
+    block_steps = standalone_steps(ctx)
     extra = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
              "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file()
              else None, "threads": torch.get_num_threads(), "workers": rc.workers, "data": d.backend,

@@ -2,7 +2,8 @@
 
 Reads: the distilled supernet (``checkpoints/supernet_last.pt``), the teacher, the val split (and, with
 ``rate.calib_source=train``, the first augmented training batches). Writes: ``ratings/block{i}.parquet``. Done when
-every block has its table (:func:`ratings_done`).
+every block has its table (:func:`ratings_done`) and, with ``rate.cell_calibration``, the tables are calibrated
+(:mod:`._cell_calibration`: stand-alone units per cell, ``ratings/raw/`` keeps the raw tables).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ._cell_calibration import calibrate_cells, calibration_done
 from ._context import Context, StageInputError, stage_status
 from .distill import distill_augment, supernet_done, supernet_epochs
 from .teacher import build_teacher, check_teacher
@@ -19,8 +21,12 @@ __all__ = ["stage_rate", "ratings_done"]
 READS_DATA = True
 
 
-def ratings_done(ctx: Context) -> bool:
+def _tables_done(ctx: Context) -> bool:
     return all(ctx.path("ratings", f"block{i}.parquet").is_file() for i in range(ctx.space.num_blocks))
+
+
+def ratings_done(ctx: Context) -> bool:
+    return _tables_done(ctx) and calibration_done(ctx)
 
 
 def check_inputs(ctx: Context) -> None:
@@ -50,6 +56,8 @@ def stage_rate(ctx: Context) -> dict:
     if ratings_done(ctx):
         ctx.log(f"[rate] done before: {ctx.run_dir}/ratings/ has all {ctx.space.num_blocks} tables")
         return {"tables": ctx.space.num_blocks}
+    if _tables_done(ctx):  # rated before; the per-cell calibration is what is left
+        return {"tables": ctx.space.num_blocks, **calibrate_cells(ctx, build_teacher)}
     supernet = load_supernet(ctx.run_dir, ctx.space)
     teacher = build_teacher(ctx)
     import torch
@@ -73,4 +81,6 @@ def stage_rate(ctx: Context) -> dict:
     best = ", ".join(f"{t['loss'].min():.4g}" for t in res)
     ctx.log(f"[rate] {sum(len(t) for t in res)} candidates rated -> {ctx.run_dir}/ratings/ (best loss per block: "
             f"{best})")
+    if r.cell_calibration:
+        return {"tables": len(res), **calibrate_cells(ctx, build_teacher)}
     return {"tables": len(res)}
