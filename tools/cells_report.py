@@ -135,7 +135,54 @@ def summary(root: Path) -> str:
                          f"{_fmt((eq or {}).get('minus_macs'))} |")
         lines += calibrated_rows(d, res)
         lines.append("")
+        lines += heldout_tests(d, res)
     return "\n".join(lines)
+
+
+def heldout_tests(unit_set: Path, res: dict, n_boot: int = 2000) -> list[str]:
+    """The pre-registered tests of docs/ranking_study.md on a held-out (random) unit set, for its own rating (the
+    chosen recipe's): the pooled tau minus MACs (paired interval; beats MACs only if its lower end is above 0), the
+    same over the blocks whose calibration lines were fitted on other candidates only (1 and 2), the equal-MACs tau,
+    and block-level found vs random (mean relative gain above 0 and better in at least 8 of 12 cases)."""
+    import pandas as pd
+
+    from dna_fast import rank_check as rk
+
+    plan = json.loads((unit_set / "rank_check" / "plan.json").read_text())
+    p = unit_set / "rank_check" / "units.csv"
+    if plan.get("selection") != "random" or not p.is_file():
+        return []
+    t = pd.read_csv(p)
+    t = t[t["roles"].fillna("").str.contains("planned") & (t["seed"] == plan["seed"])].reset_index(drop=True)
+    if len(t) < 3:
+        return []
+    tol = ((res.get("block_level") or {}).get("pooled_equal_macs") or {}).get("tolerance", 0.1)
+    out = [f"### {unit_set.name}: the pre-registered tests ({len(t)} planned units at seed {plan['seed']})", "",
+           "| test | value | 95 % interval | passes |", "|---|---:|---|---|"]
+
+    def diff(sub: pd.DataFrame, label: str) -> None:
+        r, m, y, g = -sub["loss"].to_numpy(float), sub["macs"].to_numpy(float), -sub["val_loss"].to_numpy(float), \
+            sub["block"].to_numpy()
+        d = rk.stratified_tau(r, y, g) - rk.stratified_tau(m, y, g)
+        lo, hi = rk.bootstrap_diff_ci(r, m, y, "tau", g, n_boot)
+        out.append(f"| {label}: tau {rk.stratified_tau(r, y, g):+.2f} minus MACs {rk.stratified_tau(m, y, g):+.2f} | "
+                   f"{d:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {'yes' if lo > 0 else 'no'} |")
+
+    diff(t, "primary: pooled, all blocks")
+    diff(t[t["block"].isin([1, 2])], "blocks 1 and 2 (lines fitted on other candidates only)")
+    r, m, y, g = -t["loss"].to_numpy(float), t["macs"].to_numpy(float), -t["val_loss"].to_numpy(float), t["block"]
+    eq = rk.stratified_tau(r, y, g, near=m, tol=tol)
+    lo, hi = rk.bootstrap_ci(r, y, "tau", g, n_boot, 0, near=m, tol=tol)
+    out.append(f"| equal-MACs tau ({rk.count_near_pairs(m, g, tol)} pairs within {tol:.0%}) | {eq:+.2f} | "
+               f"[{lo:+.2f}, {hi:+.2f}] | {'yes' if lo > 0 else 'no'} |")
+    bf = res.get("block_found_vs_random") or {}
+    mg = bf.get("mean_gain") or {}
+    if mg:
+        lo, hi = mg["ci"]
+        ok = lo is not None and lo > 0 and mg["found_better_in"] >= 8
+        out.append(f"| block-level found vs random: mean relative gain, better in {mg['found_better_in']} of "
+                   f"{bf.get('cases')} cases | {mg['value']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {'yes' if ok else 'no'} |")
+    return out + [""]
 
 
 def calibrated_rows(unit_set: Path, res: dict, n_boot: int = 2000) -> list[str]:
