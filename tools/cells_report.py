@@ -97,8 +97,8 @@ def summary(root: Path) -> str:
         by_candidates.setdefault(key, []).append(d)
     conv = []
     for group in by_candidates.values():
-        group = sorted(group, key=lambda d: steps.get(d.name) or 0)
-        conv += [convergence(a, b) for a, b in zip(group, group[1:])]
+        group = sorted((d for d in group if steps.get(d.name)), key=lambda d: steps[d.name])  # sets with results
+        conv += [c for a, b in zip(group, group[1:]) if (c := convergence(a, b))["units"]]
     if conv:
         lines += ["## Convergence of the ground truth", "",
                   "Kendall tau between the stand-alone losses of the same units trained for two step counts "
@@ -113,6 +113,10 @@ def summary(root: Path) -> str:
     for d in sets:
         p = d / "rank_check" / "results.json"
         if not p.is_file():
+            continue
+        if (d / "BLIND").is_file():  # a held-out set whose recipe is not settled yet: not even its figures here
+            n = len(list((d / "rank_check" / "blocks").glob("block*/*.json")))
+            lines += [f"## {d.name}: blinded ({n} units trained; {(d / 'BLIND').read_text().strip()})", ""]
             continue
         res = json.loads(p.read_text())
         bl = res.get("block_level", {})
@@ -253,6 +257,7 @@ def save(root: Path, out: Path) -> None:
         for p in sorted((d / "ratings").glob("block*.parquet")):  # the plan's own ratings (calibrated ones too)
             _copy(p, out / "units" / d.name / "ratings" / p.name)
         _copy(d / "calibration.json", out / "units" / d.name / "calibration.json")
+        _copy(d / "BLIND", out / "units" / d.name / "BLIND")
     (out / "summary.md").write_text(summary(root))
 
 
@@ -269,6 +274,7 @@ def restore(out: Path, root: Path) -> None:
         _copy(d / "config.yaml", root / d.name / "config.yaml")
         _copy(d / "plan.json", root / d.name / "rank_check" / "plan.json")
         _copy(d / "calibration.json", root / d.name / "calibration.json")
+        _copy(d / "BLIND", root / d.name / "BLIND")
         for p in sorted((d / "ratings").glob("block*.parquet")):
             _copy(p, root / d.name / "ratings" / p.name)
         for p in sorted((d / "blocks").glob("block*/*.json")):
