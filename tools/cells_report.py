@@ -248,7 +248,8 @@ def save(root: Path, out: Path) -> None:
         for name in ("distill/times.csv", "distill/cell_steps.json", "distill/log.csv", "calibration.json"):
             _copy(v / name, out / "variants" / v.name / name)
     for d in _unit_sets(root):
-        for name in ROOT_FILES:
+        blind = (d / "BLIND").is_file()  # a blinded set keeps only what resuming needs: plan, units, ratings
+        for name in ("plan.json",) if blind else ROOT_FILES:
             _copy(d / "rank_check" / name, out / "units" / d.name / name)
         _relink(out / "units" / d.name / "report.md")
         for p in sorted((d / "rank_check" / "blocks").glob("block*/*.json")):
