@@ -16,6 +16,7 @@ tables in place of the raw ones, and ``ratings/calibration.json`` (the lines, th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from typing import Any
 
@@ -51,10 +52,13 @@ def calibrate_cells(ctx: Context, build_teacher: Any) -> dict:
     space, k, rc = ctx.space, ctx.cfg.rate.cell_calibration, ctx.cfg.rank_check
     metric = ctx.cfg.rate.metric
     raw_dir = ctx.path("ratings", "raw")
-    if not all((raw_dir / f"block{i}.parquet").is_file() for i in range(space.num_blocks)):
-        raw_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(space.num_blocks):
-            shutil.copy2(ctx.path("ratings", f"block{i}.parquet"), raw_dir / f"block{i}.parquet")
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(space.num_blocks):  # the raw tables, once (calibrated ones are written only after this)
+        dst = raw_dir / f"block{i}.parquet"
+        if not dst.is_file():  # copied under a name of this process's own, then renamed: ranks may race here
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+            shutil.copy2(ctx.path("ratings", f"block{i}.parquet"), tmp)
+            os.replace(tmp, dst)
     raw = [read_table(raw_dir / f"block{i}.parquet", what="raw rating table",
                       fix="delete the run's ratings/ and run the rate stage again") for i in range(space.num_blocks)]
     chosen = {i: rk.calibration_candidates(space, i, raw[i], k, metric) for i in range(space.num_blocks)}
