@@ -38,7 +38,9 @@ def standalone_steps(ctx: Context) -> int:
 
 
 def _unit_path(ctx: Context, i: int, cand: str):
-    return ctx.path("ratings", "calibration", "units", f"block{i}", cand.replace(":", "_").replace("|", "_") + ".json")
+    from ..rank_check._units import _unit_name  # the ranking check's unit file name (candidate, seed)
+
+    return ctx.path("ratings", "calibration", "units", f"block{i}", _unit_name(cand, ctx.cfg.seed))
 
 
 def calibrate_cells(ctx: Context, build_teacher: Any) -> dict:
