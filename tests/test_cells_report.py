@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -44,3 +45,30 @@ def test_heldout_tests_report_the_preregistered_statistics(tmp_path):
     res["block_found_vs_random"]["mean_gain"]["found_better_in"] = 7  # fewer than 8 of 12: fails
     assert next(ln for ln in cr.heldout_tests(d, res, n_boot=200) if "found vs random" in ln).endswith("| no |")
     assert cr.heldout_tests(_unit_set(tmp_path / "dev", "spread"), res) == []  # development sets: not these tests
+
+
+def _losses(root: Path, name: str, seed: int, losses: dict) -> Path:
+    d = root / name
+    (d / "rank_check").mkdir(parents=True)
+    rows = [{"block": b, "cell": 0, "candidate": f"c{j}", "seed": seed, "roles": "planned", "val_loss": v}
+            for b, vs in losses.items() for j, v in enumerate(vs)]
+    pd.DataFrame(rows).to_csv(d / "rank_check" / "units.csv", index=False)
+    (d / "rank_check" / "plan.json").write_text(json.dumps({"seed": seed}))
+    return d
+
+
+def test_seed_rule_compares_fewer_steps_with_the_seed_noise_ceiling(tmp_path):
+    """The convergence rule of 2026-12-03 21:07 UTC, on losses whose taus are known."""
+    truth = np.linspace(0.1, 0.3, 8)
+    swapped = truth.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]  # one discordant pair of 28: tau (27 - 1) / 28
+    reversed_ = truth[::-1].copy()
+    long = _losses(tmp_path, "long", 0, {0: truth, 1: truth})
+    other = _losses(tmp_path, "other", 1, {0: swapped, 1: truth})  # seeds disagree on one pair in block 0
+    short = _losses(tmp_path, "short", 0, {0: truth, 1: reversed_})  # block 1: fewer steps reverse the order
+    r = cr.seed_rule(short, long, other, n_boot=100)
+    assert r["per_block"]["0"]["seeds_tau"] == r["per_block"]["0"]["steps_tau"] == pytest.approx(26 / 28)
+    assert r["per_block"]["0"]["passes"]
+    assert r["per_block"]["1"]["seeds_tau"] == 1.0 and r["per_block"]["1"]["steps_tau"] == -1.0
+    assert not r["per_block"]["1"]["passes"] and not r["passes"]
+    assert cr.seed_rule(short, long, tmp_path / "missing") is None  # not run yet: no verdict

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT_FILES = ("plan.json", "results.json", "units.csv", "report.md", "blocks.png")
 
@@ -75,6 +76,47 @@ def convergence(a: Path, b: Path, n_boot: int = 2000) -> dict:
     return out
 
 
+# The convergence rule of docs/ranking_study.md (written 2026-12-03 21:07 UTC): the short ground truth converged if
+# in every block tau(short, long at another seed) >= tau(long, long at another seed) - SEED_RULE_TOLERANCE.
+SEED_RULE = ("dev1248", "dev2496", "dev2496s1")
+SEED_RULE_TOLERANCE = 0.05
+
+
+def _planned_losses(unit_set: Path) -> pd.Series:
+    """Stand-alone val loss of a unit set's planned candidates at its plan's seed, indexed by (block, candidate)."""
+    plan = json.loads((unit_set / "rank_check" / "plan.json").read_text())
+    t = pd.read_csv(unit_set / "rank_check" / "units.csv")
+    t = t[t["roles"].fillna("").str.contains("planned") & (t["seed"] == plan["seed"])]
+    return t.set_index(["block", "candidate"])["val_loss"]
+
+
+def seed_rule(short: Path, long: Path, long_other_seed: Path, tol: float = SEED_RULE_TOLERANCE,
+              n_boot: int = 2000) -> dict | None:
+    """Per block: tau between the short ground truth and the long one at another seed, against tau between the long
+    one's two seeds (the seed-noise ceiling); passes if the first is no lower than the second minus ``tol`` in
+    every block. None until all three unit sets have the same candidates finished."""
+    from dna_fast import rank_check as rk
+
+    if not all((d / "rank_check" / "units.csv").is_file() for d in (short, long, long_other_seed)):
+        return None
+    a, b, c = (_planned_losses(d) for d in (short, long, long_other_seed))
+    common = a.index.intersection(b.index).intersection(c.index)
+    if len(common) < len(b) or len(common) < len(c) or len(common) < 3:
+        return None
+    out: dict = {"sets": [short.name, long.name, long_other_seed.name], "tolerance": tol, "per_block": {}}
+    for blk in sorted({k[0] for k in common}):
+        keys = [k for k in common if k[0] == blk]
+        xa, xb, xc = (s.loc[keys].to_numpy(float) for s in (a, b, c))
+        steps = rk.kendall_tau(xa, xc)
+        seeds = rk.kendall_tau(xb, xc)
+        out["per_block"][str(blk)] = {"n": len(keys), "steps_tau": steps, "seeds_tau": seeds,
+                                      "steps_tau_ci": list(rk.bootstrap_ci(xa, xc, "tau", None, n_boot, 0)),
+                                      "seeds_tau_ci": list(rk.bootstrap_ci(xb, xc, "tau", None, n_boot, 0)),
+                                      "passes": bool(steps >= seeds - tol)}
+    out["passes"] = all(v["passes"] for v in out["per_block"].values())
+    return out
+
+
 def _fmt(s: dict | None, key: str = "tau") -> str:
     if not s or s.get(key) is None:
         return "-"
@@ -109,6 +151,18 @@ def summary(root: Path) -> str:
             lines.append(f"| {c['a']} vs {c['b']} | {c['units']} | "
                          + " | ".join(_fmt(v) for v in c["per_block"].values()) + f" | {c['converged']} |")
         lines.append("")
+    rule = seed_rule(*(root / n for n in SEED_RULE)) if all((root / n).is_dir() for n in SEED_RULE) else None
+    if rule:
+        short, long, other = rule["sets"]
+        lines += ["## The convergence rule of 2026-12-03 21:07 UTC", "",
+                  f"Kendall tau between {short} and {other} (fewer steps, another seed) against tau between {long} "
+                  f"and {other} (the same steps, two seeds: the seed-noise ceiling); the {short} ground truth counts "
+                  f"as converged if the first is at least the second minus {rule['tolerance']} in every block.", "",
+                  "| block | units | fewer steps, other seed | two seeds | passes |", "|---|---:|---:|---:|---|"]
+        for blk, v in rule["per_block"].items():
+            lines.append(f"| {blk} | {v['n']} | {_fmt(v, 'steps_tau')} | {_fmt(v, 'seeds_tau')} | "
+                         f"{'yes' if v['passes'] else 'no'} |")
+        lines += ["", f"Converged by this rule: **{'yes' if rule['passes'] else 'no'}**.", ""]
     cpu = {v.name: _cpu_seconds(v) for v in _variants(root)}
     for d in sets:
         p = d / "rank_check" / "results.json"
@@ -148,8 +202,6 @@ def heldout_tests(unit_set: Path, res: dict, n_boot: int = 2000) -> list[str]:
     chosen recipe's): the pooled tau minus MACs (paired interval; beats MACs only if its lower end is above 0), the
     same over the blocks whose calibration lines were fitted on other candidates only (1 and 2), the equal-MACs tau,
     and block-level found vs random (mean relative gain above 0 and better in at least 8 of 12 cases)."""
-    import pandas as pd
-
     from dna_fast import rank_check as rk
 
     plan = json.loads((unit_set / "rank_check" / "plan.json").read_text())
@@ -194,8 +246,6 @@ def calibrated_rows(unit_set: Path, res: dict, n_boot: int = 2000) -> list[str]:
     unit set's own units (rank_check.loo_calibrated): the remedy of issue 24's point 5 scored on candidates it was not
     fitted on. Same columns as the rows above (within cells: unchanged by construction). Development sets only: a
     random (held-out) draw is scored with the lines fitted on the development units (its own ratings)."""
-    import pandas as pd
-
     from dna_fast import rank_check as rk
 
     p = unit_set / "rank_check" / "units.csv"
