@@ -40,14 +40,13 @@ def cuda_time(f, repeats: int = 20) -> float:
 def interleaved_min(f, g, repeats: int = 15) -> tuple[float, float]:
     """Best-of-n wall times of f and g, alternating the two calls after one warm-up call each: both see the same
     machine state, which keeps the ratio meaningful on a shared, loaded machine (where medians mostly measure the
-    other processes)."""
+    other processes). The order alternates too (f g, g f, f g, ...): neither side always runs right after the other,
+    whose output and freed memory it would otherwise always inherit."""
     f(), g()
-    tf = tg = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        t1 = time.perf_counter()
-        g()
-        t2 = time.perf_counter()
-        tf, tg = min(tf, t1 - t0), min(tg, t2 - t1)
-    return tf, tg
+    best = [float("inf"), float("inf")]
+    for i in range(repeats):
+        for j in (0, 1) if i % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            (f, g)[j]()
+            best[j] = min(best[j], time.perf_counter() - t0)
+    return best[0], best[1]

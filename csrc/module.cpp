@@ -89,16 +89,21 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "dwconv_route",
       [](int64_t k, int64_t stride, int64_t out_width, bool channels_last) {
-        if (!channels_last) return std::string(dna_fast::route_name(dna_fast::nchw_route(k, stride, out_width)));
+        const bool onednn = dna_fast::onednn_conv_swish_available();
+        if (!channels_last)
+          return std::string(dna_fast::route_name(dna_fast::nchw_route(k, stride, out_width, onednn)));
 #ifdef DNA_FAST_NHWC_AVX2
-        return std::string(dna_fast::route_name(dna_fast::nhwc_route(k)));
+        return std::string(dna_fast::route_name(dna_fast::nhwc_route(k, onednn)));
 #else
         return std::string(dna_fast::route_name(dna_fast::DwRoute::kConvEpilogue));
 #endif
       },
       py::arg("k"), py::arg("stride"), py::arg("out_width"), py::arg("channels_last") = false,
       "Which implementation dwconv_bn_act runs on a CPU input of this kernel size, stride and output width: "
-      "'direct' (the fused kernel) or 'eager' (oneDNN's conv with the BN folded in, then an in-place swish); "
+      "'direct' (the fused kernel), 'onednn_swish' (oneDNN's conv with the BN folded in and swish as its post-op) "
+      "or 'eager' (the same conv, then an in-place swish; where this torch build lacks the oneDNN op); "
       "channels_last=True: for fp32 inputs with channels a multiple of 8 ('conv_epilogue' where the AVX2 kernel is "
-      "not built in). DNA_FAST_DWCONV=direct|eager forces one.");
+      "not built in). DNA_FAST_DWCONV=direct|onednn_swish|eager forces one where it can run.");
+  m.def("onednn_conv_swish_available", &dna_fast::onednn_conv_swish_available,
+        "Whether this torch build has oneDNN's conv + swish post-op (mkldnn::_convolution_pointwise).");
 }

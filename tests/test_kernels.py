@@ -88,29 +88,40 @@ def test_dwconv_nchw_direct_kernel_wide_planes(device, dtype):
 
 def test_dwconv_nchw_route_table():
     """Where the NCHW CPU routes go (csrc/cpu/dwconv_route.h): the direct kernel only where it measured faster than
-    eager (k = 3, stride 1, output width >= 24); the eager form itself (BN folded into oneDNN's conv, in-place silu)
-    at the shapes where the fused kernels measured 0.85-0.99x eager."""
+    eager (k = 3, stride 1, output width >= 24); elsewhere oneDNN's conv with the BN folded in and swish as its
+    post-op where the torch build has it (else the eager sequence itself), at the shapes where the fused kernels
+    measured 0.85-0.99x eager."""
     from dna_fast import _C
 
+    other = "onednn_swish" if _C.onednn_conv_swish_available() else "eager"
     assert _C.dwconv_route(3, 1, 56) == "direct" and _C.dwconv_route(3, 1, 24) == "direct"
     for k, stride, wo in ((3, 1, 23), (3, 2, 28), (5, 1, 56), (7, 1, 56), (5, 1, 28), (7, 2, 14), (3, 1, 14)):
-        assert _C.dwconv_route(k, stride, wo) == "eager", (k, stride, wo)
+        assert _C.dwconv_route(k, stride, wo) == other, (k, stride, wo)
 
 
 def test_dwconv_channels_last_route_table():
     """channels_last fp32 (C % 8 == 0): the AVX2 register-tiled kernel at k = 3, where it measured 1.14-1.20x eager;
-    the eager form at k = 5 / 7, where it measured 0.88-1.04x (csrc/cpu/dwconv_route.h)."""
+    oneDNN's conv + swish post-op (else the eager sequence) at k = 5 / 7, where it measured 0.88-1.04x
+    (csrc/cpu/dwconv_route.h)."""
     from dna_fast import _C
 
     if _C.dwconv_route(3, 1, 56, channels_last=True) == "conv_epilogue":
         pytest.skip("the AVX2 channels_last kernel is not built in")
+    other = "onednn_swish" if _C.onednn_conv_swish_available() else "eager"
     for k, stride, wo in ((3, 1, 56), (3, 2, 28), (3, 1, 14), (3, 1, 7)):
         assert _C.dwconv_route(k, stride, wo, channels_last=True) == "direct", (k, stride, wo)
     for k, stride, wo in ((5, 1, 56), (7, 1, 56), (5, 1, 28), (7, 2, 14), (7, 1, 14)):
-        assert _C.dwconv_route(k, stride, wo, channels_last=True) == "eager", (k, stride, wo)
+        assert _C.dwconv_route(k, stride, wo, channels_last=True) == other, (k, stride, wo)
 
 
-@pytest.mark.parametrize("route", ["direct", "eager"])
+def _skip_missing_route(route):
+    from dna_fast import _C
+
+    if route == "onednn_swish" and not _C.onednn_conv_swish_available():
+        pytest.skip("this torch build has no mkldnn::_convolution_pointwise")
+
+
+@pytest.mark.parametrize("route", ["direct", "onednn_swish", "eager"])
 def test_dwconv_channels_last_both_routes_match_reference(monkeypatch, route):
     """Each channels_last route forced on every kernel size (DNA_FAST_DWCONV): equal to the reference, with and
     without the SE sums, and the output stays channels_last."""
@@ -118,6 +129,7 @@ def test_dwconv_channels_last_both_routes_match_reference(monkeypatch, route):
 
     if _C.dwconv_route(3, 1, 56, channels_last=True) == "conv_epilogue":
         pytest.skip("the AVX2 channels_last kernel is not built in")
+    _skip_missing_route(route)
     monkeypatch.setenv("DNA_FAST_DWCONV", route)
     shapes = ((2, 8, 14, 14, 3, 1), (1, 16, 9, 11, 5, 1), (2, 8, 15, 28, 7, 2), (1, 24, 7, 7, 5, 2))
     for n, c, h, w, k, stride in shapes:
@@ -132,16 +144,17 @@ def test_dwconv_channels_last_both_routes_match_reference(monkeypatch, route):
         torch.testing.assert_close(ops.dwconv_bn_act(x, wt, sc, sh, stride), yr, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("route", ["direct", "eager"])
+@pytest.mark.parametrize("route", ["direct", "onednn_swish", "eager"])
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF])
 def test_dwconv_nchw_both_routes_match_reference(monkeypatch, route, dtype):
     """Each NCHW route forced on shapes that normally take the other (DNA_FAST_DWCONV; the direct kernel exists for
-    k = 3 only): both equal the reference, with and without the SE sums."""
+    k = 3 only): each equals the reference, with and without the SE sums."""
     from dna_fast import _C
 
+    _skip_missing_route(route)
     monkeypatch.setenv("DNA_FAST_DWCONV", route)
     shapes = [(2, 5, 13, 30, 3, 1), (1, 4, 9, 11, 3, 1), (2, 6, 15, 28, 3, 2), (1, 3, 8, 7, 3, 2)]
-    if route == "eager":
+    if route != "direct":
         shapes += [(1, 4, 9, 11, 5, 1), (1, 3, 8, 7, 7, 2)]
     for n, c, h, w, k, stride in shapes:
         wo = (w - 1) // stride + 1

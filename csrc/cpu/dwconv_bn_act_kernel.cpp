@@ -6,13 +6,15 @@
 // for AVX-512 / AVX2 / baseline, chosen at load time), BN + swish + sums applied while the row is in cache.
 // channels_last fp32 with C % 8 == 0, k = 3: the register-tiled kernel of nhwc_avx2.h (7 outputs' accumulators in ymm
 // registers, BN + swish + sums in its epilogue; an earlier direct channels_last kernel that kept one accumulator row
-// in memory per pixel, 3 loads + 1 store per FMA, was slower than oneDNN); at k >= 5 the eager form (dwconv_route.h).
+// in memory per pixel, 3 loads + 1 store per FMA, was slower than oneDNN); at k >= 5 the eager form (dwconv_route.h:
+// oneDNN's conv with swish as its post-op, or the conv then an in-place silu).
 // Other channels_last inputs: ATen's depthwise conv in fp32, then one fused epilogue pass. Other NCHW shapes: the
 // eager form (dwconv_route.h says why). Tried and slower at the dna shapes: the direct NCHW kernel on 14x14 / 7x7
 // planes (rows shorter than one AVX-512 vector run scalar).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -220,14 +222,42 @@ void run_nhwc(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
 }
 #endif
 
-// NCHW routes (dwconv_route.h): the direct kernel, or the eager form itself (oneDNN's conv with the BN folded into
-// its weight and bias, then an in-place swish): a fused op is never slower than the eager sequence it replaces.
+using ConvPointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                  at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t, c10::string_view,
+                                  c10::List<std::optional<c10::Scalar>>, std::optional<c10::string_view>);
+
+// mkldnn::_convolution_pointwise where this torch build registers it (with oneDNN enabled), else nullopt.
+const std::optional<c10::TypedOperatorHandle<ConvPointwise>>& conv_pointwise_op() {
+  static const std::optional<c10::TypedOperatorHandle<ConvPointwise>> op =
+      []() -> std::optional<c10::TypedOperatorHandle<ConvPointwise>> {
+    if (!at::hasMKLDNN()) return std::nullopt;
+    const auto h = c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise", ""});
+    if (!h) return std::nullopt;
+    return h->typed<ConvPointwise>();
+  }();
+  return op;
+}
+
+// The eager form (dwconv_route.h): oneDNN's conv with the BN folded into its weight and bias, the swish either as
+// oneDNN's post-op (onednn: one pass over the output) or an in-place silu after it. fp32 in, fp32 out.
+at::Tensor eager_conv_swish(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                            const at::Tensor& shift, int64_t k, int64_t s, bool onednn) {
+  const at::Tensor wf = w * scale.view({-1, 1, 1, 1});
+  const int64_t p = dw_pad(k);
+  if (onednn) {
+    return conv_pointwise_op()->call(x, wf, shift, {p, p}, {s, s}, {1, 1}, x.size(1), "swish",
+                                     c10::List<std::optional<c10::Scalar>>(), std::nullopt);
+  }
+  at::Tensor z = at::conv2d(x, wf, shift, {s, s}, {p, p}, {1, 1}, x.size(1));
+  at::silu_(z);
+  return z;
+}
+
+// fp16 / bf16 NCHW inputs on an eager route: the eager form in fp32, rounded into y.
 template <typename scalar_t>
 void run_eager_form(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& shift,
-                    int64_t k, int64_t s, at::Tensor& y, at::Tensor& sums, bool with_sums) {
-  at::Tensor z = at::conv2d(x.to(at::kFloat), w * scale.view({-1, 1, 1, 1}), shift, {s, s}, {dw_pad(k), dw_pad(k)},
-                            {1, 1}, x.size(1));
-  at::silu_(z);
+                    int64_t k, int64_t s, bool onednn, at::Tensor& y, at::Tensor& sums, bool with_sums) {
+  const at::Tensor z = eager_conv_swish(x.to(at::kFloat), w, scale, shift, k, s, onednn);
   if (with_sums) sums.copy_(z.sum({2, 3}));
   y.copy_(z);
 }
@@ -253,32 +283,31 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cpu(const at::Tensor& x_, const
   }
   // fp32 channels_last with C % 8 == 0 where nhwc_avx2.h is built in: its kernel at k = 3, the eager form elsewhere;
   // fp32 NCHW: the eager form where nchw_route says so. The eager form's conv output is the result (no copy).
-  const bool nhwc = use_nhwc(x, cl);
-  const bool nhwc_direct = nhwc && nhwc_route(k) == DwRoute::kDirect;
-  const bool eager = nhwc ? !nhwc_direct : !cl && nchw_route(k, stride, Wo) == DwRoute::kEager;
+  const bool onednn = onednn_conv_swish_available();
+  const DwRoute route = use_nhwc(x, cl) ? nhwc_route(k, onednn)
+                        : cl            ? DwRoute::kConvEpilogue
+                                        : nchw_route(k, stride, Wo, onednn);
+  const bool eager = route == DwRoute::kEager || route == DwRoute::kOnednnSwish;
   if (x.scalar_type() == at::kFloat && eager) {
-    at::Tensor y =
-        at::conv2d(x, w * scale.view({-1, 1, 1, 1}), shift, {stride, stride}, {dw_pad(k), dw_pad(k)}, {1, 1}, C);
-    at::silu_(y);
+    at::Tensor y = eager_conv_swish(x, w, scale, shift, k, stride, route == DwRoute::kOnednnSwish);
     if (with_sums) sums.copy_(y.sum({2, 3}));
     return {y, sums};
   }
   at::Tensor y = at::empty({N, C, Ho, Wo}, y_options);
   float* sp = with_sums ? sums.mutable_data_ptr<float>() : nullptr;
 #ifdef DNA_FAST_NHWC_AVX2
-  if (nhwc_direct) {
+  if (use_nhwc(x, cl) && route == DwRoute::kDirect) {
     run_nhwc(x, w, scale, shift, k, stride, y, sp);
     return {y, sums};
   }
 #endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_bn_act_cpu", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      const DwRoute route = cl ? DwRoute::kConvEpilogue : nchw_route(k, stride, Wo);
       if (route == DwRoute::kDirect)
         run_nchw<scalar_t>(x, w.const_data_ptr<float>(), scale.const_data_ptr<float>(),
                            shift.const_data_ptr<float>(), k, stride, y, sp);
-      else if (route == DwRoute::kEager)
-        run_eager_form<scalar_t>(x, w, scale, shift, k, stride, y, sums, with_sums);
+      else if (eager)
+        run_eager_form<scalar_t>(x, w, scale, shift, k, stride, route == DwRoute::kOnednnSwish, y, sums, with_sums);
       else
         run_conv_epilogue<scalar_t>(x, w, scale.const_data_ptr<float>(), shift.const_data_ptr<float>(), k, stride, cl,
                                     y, sp);
@@ -288,6 +317,8 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bn_act_cpu(const at::Tensor& x_, const
 }
 
 }  // namespace
+
+bool onednn_conv_swish_available() { return conv_pointwise_op().has_value(); }
 
 TORCH_LIBRARY_IMPL(dna_fast, CPU, m) { m.impl("dwconv_bn_act", &dwconv_bn_act_cpu); }
 

@@ -11,8 +11,19 @@
 // channels_last (same benchmark, same machine): the register-tiled kernel won at k = 3 (1.14-1.20x at every shape) and
 // lost or tied at k = 5 / 7 (0.88x at 16x40x56x56 k7, 0.95x at k5, 0.98-1.04x elsewhere): k >= 5 runs the eager form.
 //
-// DNA_FAST_DWCONV=direct|eager (read at each call) forces one route on every input the route can take (the direct
-// NCHW kernel exists for k = 3 only; the channels_last one for every k), for tests and A/B runs.
+// The eager form's swish as oneDNN's post-op (route "onednn_swish", 2026-12-03): oneDNN's depthwise conv with the BN
+// folded into its weight and bias and swish applied as the conv writes its output (mkldnn::_convolution_pointwise,
+// the op Inductor's CPU conv fusions call), one pass over the output instead of conv + in-place silu's two. Measured
+// on the 2-core AMD EPYC (AVX2), 2 threads, quiet, 20:30 UTC: a paired, order-alternating A/B against the eager
+// sequence (40 rounds per shape) gave medians 1.00-1.10x at the twelve shapes the eager form took (0.99x at
+// channels_last 16x40x56x56 k7; an A/A control of eager against itself read 0.975-1.004x); the benchmark table
+// 0.97-1.12x (the two NCHW k = 7 rows at 0.97-0.99x, where the conv's arithmetic dominates). It replaces the eager
+// form wherever this torch build has the op and oneDNN (onednn_conv_swish_available); the eager sequence is the
+// fallback.
+//
+// DNA_FAST_DWCONV=direct|onednn_swish|eager (read at each call) forces one route on every input the route can take
+// (the direct NCHW kernel exists for k = 3 only, the channels_last one for every k, onednn_swish where available),
+// for tests and A/B runs.
 #pragma once
 
 #include <cstdint>
@@ -21,26 +32,40 @@
 
 namespace dna_fast {
 
-enum class DwRoute { kDirect, kEager, kConvEpilogue };
+enum class DwRoute { kDirect, kEager, kOnednnSwish, kConvEpilogue };
 
-inline DwRoute nchw_route(int64_t k, int64_t stride, int64_t Wo) {
+// Whether mkldnn::_convolution_pointwise (oneDNN conv + swish post-op) exists in this torch build with oneDNN
+// enabled; defined in dwconv_bn_act_kernel.cpp (the one place that calls the op).
+bool onednn_conv_swish_available();
+
+// Where the direct kernels do not pay: oneDNN's conv + swish post-op where available, else the eager sequence.
+inline DwRoute eager_form(bool onednn) { return onednn ? DwRoute::kOnednnSwish : DwRoute::kEager; }
+
+// The route DNA_FAST_DWCONV forces (where it can run), or kConvEpilogue for none (the callers then choose by shape).
+inline DwRoute forced_route(bool direct_exists, bool onednn) {
   if (const char* force = std::getenv("DNA_FAST_DWCONV")) {
-    if (std::strcmp(force, "direct") == 0 && k == 3) return DwRoute::kDirect;
+    if (std::strcmp(force, "direct") == 0 && direct_exists) return DwRoute::kDirect;
     if (std::strcmp(force, "eager") == 0) return DwRoute::kEager;
+    if (std::strcmp(force, "onednn_swish") == 0 && onednn) return DwRoute::kOnednnSwish;
   }
-  return (k == 3 && stride == 1 && Wo >= 24) ? DwRoute::kDirect : DwRoute::kEager;
+  return DwRoute::kConvEpilogue;
 }
 
-inline DwRoute nhwc_route(int64_t k) {
-  if (const char* force = std::getenv("DNA_FAST_DWCONV")) {
-    if (std::strcmp(force, "direct") == 0) return DwRoute::kDirect;
-    if (std::strcmp(force, "eager") == 0) return DwRoute::kEager;
-  }
-  return k == 3 ? DwRoute::kDirect : DwRoute::kEager;
+inline DwRoute nchw_route(int64_t k, int64_t stride, int64_t Wo, bool onednn) {
+  const DwRoute forced = forced_route(k == 3, onednn);
+  if (forced != DwRoute::kConvEpilogue) return forced;
+  return (k == 3 && stride == 1 && Wo >= 24) ? DwRoute::kDirect : eager_form(onednn);
+}
+
+inline DwRoute nhwc_route(int64_t k, bool onednn) {
+  const DwRoute forced = forced_route(true, onednn);
+  if (forced != DwRoute::kConvEpilogue) return forced;
+  return k == 3 ? DwRoute::kDirect : eager_form(onednn);
 }
 
 inline const char* route_name(DwRoute r) {
-  return r == DwRoute::kDirect ? "direct" : r == DwRoute::kEager ? "eager" : "conv_epilogue";
+  return r == DwRoute::kDirect ? "direct" : r == DwRoute::kEager ? "eager"
+         : r == DwRoute::kOnednnSwish ? "onednn_swish" : "conv_epilogue";
 }
 
 }  // namespace dna_fast
