@@ -72,3 +72,29 @@ def test_seed_rule_compares_fewer_steps_with_the_seed_noise_ceiling(tmp_path):
     assert r["per_block"]["1"]["seeds_tau"] == 1.0 and r["per_block"]["1"]["steps_tau"] == -1.0
     assert not r["per_block"]["1"]["passes"] and not r["passes"]
     assert cr.seed_rule(short, long, tmp_path / "missing") is None  # not run yet: no verdict
+
+
+def test_seed_mean_rows_score_ratings_against_the_mean_of_two_seeds(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = []
+    for b in range(2):
+        for j in range(8):
+            v = 0.1 + 0.02 * j
+            rows.append({"block": b, "cell": j % 2, "candidate": f"c{j}", "seed": 0, "roles": "planned",
+                         "val_loss": v, "macs": float(rng.uniform(1e5, 1e6)), "v:loss": v})  # a perfect rating
+    long, other = tmp_path / "long", tmp_path / "other"
+    for d, seed in ((long, 0), (other, 1)):
+        (d / "rank_check").mkdir(parents=True)
+        t = pd.DataFrame(rows).assign(seed=seed)
+        if seed == 1:  # the other seed reverses block 1, ten times as large: the mean is reversed there
+            t.loc[t["block"] == 1, "val_loss"] = 10 * t.loc[t["block"] == 1, "val_loss"].to_numpy()[::-1]
+        t.to_csv(d / "rank_check" / "units.csv", index=False)
+        (d / "rank_check" / "plan.json").write_text(json.dumps({"seed": seed}))
+    lines = cr.seed_mean_rows(long, other, n_boot=100)
+    assert lines[0].startswith("## long + other: the mean of two seeds") and "(16 candidates)" in lines[0]
+    v = next(ln for ln in lines if ln.startswith("| v:loss |"))
+    assert "| macs |" in "\n".join(lines)
+    assert any("per-cell calibrated" in ln for ln in lines)
+    # block 0 ranked perfectly (+1), block 1 exactly backwards (-1), as many pairs each: pooled tau 0
+    assert float(v.split("|")[3].split()[0]) == 0.0
+    assert cr.seed_mean_rows(long, tmp_path / "missing") == []

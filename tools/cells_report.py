@@ -163,6 +163,7 @@ def summary(root: Path) -> str:
             lines.append(f"| {blk} | {v['n']} | {_fmt(v, 'steps_tau')} | {_fmt(v, 'seeds_tau')} | "
                          f"{'yes' if v['passes'] else 'no'} |")
         lines += ["", f"Converged by this rule: **{'yes' if rule['passes'] else 'no'}**.", ""]
+        lines += seed_mean_rows(root / long, root / other)
     cpu = {v.name: _cpu_seconds(v) for v in _variants(root)}
     for d in sets:
         p = d / "rank_check" / "results.json"
@@ -246,8 +247,6 @@ def calibrated_rows(unit_set: Path, res: dict, n_boot: int = 2000) -> list[str]:
     unit set's own units (rank_check.loo_calibrated): the remedy of issue 24's point 5 scored on candidates it was not
     fitted on. Same columns as the rows above (within cells: unchanged by construction). Development sets only: a
     random (held-out) draw is scored with the lines fitted on the development units (its own ratings)."""
-    from dna_fast import rank_check as rk
-
     p = unit_set / "rank_check" / "units.csv"
     if not p.is_file():
         return []
@@ -256,24 +255,59 @@ def calibrated_rows(unit_set: Path, res: dict, n_boot: int = 2000) -> list[str]:
         return []
     t = pd.read_csv(p)
     t = t[t["roles"].fillna("").str.contains("planned") & (t["seed"] == plan["seed"])].reset_index(drop=True)
-    if t.groupby(["block", "cell"]).size().min() < 3:
-        return []
     tol = ((res.get("block_level") or {}).get("pooled_equal_macs") or {}).get("tolerance", 0.1)
+    return rating_rows(t, tol, n_boot, calibrated=True)
+
+
+def rating_rows(t: pd.DataFrame, tol: float, n_boot: int = 2000, calibrated: bool = False) -> list[str]:
+    """Summary table rows (pooled tau, minus MACs, equal-MACs tau and its difference to MACs) for every ``*:loss``
+    rating column of a unit table (one row per candidate: block, cell, macs, val_loss), and for MACs; with
+    ``calibrated`` every rating per-cell calibrated leave-one-candidate-out instead (no MACs row then; nothing
+    where a cell has fewer than 3 units)."""
+    from dna_fast import rank_check as rk
+
+    if calibrated and t.groupby(["block", "cell"]).size().min() < 3:
+        return []
     truth, groups, macs = -t["val_loss"].to_numpy(float), t["block"].to_numpy(), t["macs"].to_numpy(float)
+    preds = {m: -t[m].to_numpy(float) for m in t.columns if m.endswith(":loss")}
+    if calibrated:
+        preds = {m: -rk.loo_calibrated(t.rename(columns={m: "_rating"}), "_rating") for m in preds}
     rows = []
-    for m in [c for c in t.columns if c.endswith(":loss")]:
-        cal = -rk.loo_calibrated(t.rename(columns={m: "_rating"}), "_rating")
-        pooled = rk.rank_stats(cal, truth, groups, n_boot)
-        lo, hi = rk.bootstrap_diff_ci(cal, macs, truth, "tau", groups, n_boot)
-        minus = {"tau": pooled["tau"] - rk.stratified_tau(macs, truth, groups), "tau_ci": [lo, hi]}
-        eq_tau = rk.stratified_tau(cal, truth, groups, near=macs, tol=tol)
-        elo, ehi = rk.bootstrap_ci(cal, truth, "tau", groups, n_boot, 0, near=macs, tol=tol)
-        dlo, dhi = rk.bootstrap_diff_ci(cal, macs, truth, "tau", groups, n_boot, near=macs, tol=tol)
-        eq_minus = eq_tau - rk.stratified_tau(macs, truth, groups, near=macs, tol=tol)
-        rows.append(f"| {m}, per-cell calibrated (leave-one-candidate-out) | - | {_fmt(pooled)} | {_fmt(minus)} | "
-                    f"- | {_fmt({'tau': eq_tau, 'tau_ci': [elo, ehi]})} | "
-                    f"{_fmt({'tau': eq_minus, 'tau_ci': [dlo, dhi]})} |")
+    for m, pred in list(preds.items()) + ([] if calibrated else [("macs", macs)]):
+        pooled = rk.rank_stats(pred, truth, groups, n_boot)
+        eq_tau = rk.stratified_tau(pred, truth, groups, near=macs, tol=tol)
+        elo, ehi = rk.bootstrap_ci(pred, truth, "tau", groups, n_boot, 0, near=macs, tol=tol)
+        minus = eq_minus = None
+        if m != "macs":
+            lo, hi = rk.bootstrap_diff_ci(pred, macs, truth, "tau", groups, n_boot)
+            minus = {"tau": pooled["tau"] - rk.stratified_tau(macs, truth, groups), "tau_ci": [lo, hi]}
+            dlo, dhi = rk.bootstrap_diff_ci(pred, macs, truth, "tau", groups, n_boot, near=macs, tol=tol)
+            eq_minus = {"tau": eq_tau - rk.stratified_tau(macs, truth, groups, near=macs, tol=tol),
+                        "tau_ci": [dlo, dhi]}
+        label = f"{m}, per-cell calibrated (leave-one-candidate-out)" if calibrated else m
+        rows.append(f"| {label} | - | {_fmt(pooled)} | {_fmt(minus)} | - | "
+                    f"{_fmt({'tau': eq_tau, 'tau_ci': [elo, ehi]})} | {_fmt(eq_minus)} |")
     return rows
+
+
+def seed_mean_rows(long: Path, other: Path, tol: float = 0.1, n_boot: int = 2000) -> list[str]:
+    """Every rating scored against the mean stand-alone loss of two unit sets of the same candidates and steps at
+    two training seeds (the ground truth the 21:07 rule chooses on if the shorter one is not converged): rows as
+    :func:`rating_rows`, uncalibrated then calibrated. Empty until both sets have every candidate."""
+    if not all((d / "rank_check" / "units.csv").is_file() for d in (long, other)):
+        return []
+    plan = json.loads((long / "rank_check" / "plan.json").read_text())
+    t = pd.read_csv(long / "rank_check" / "units.csv")
+    t = t[t["roles"].fillna("").str.contains("planned") & (t["seed"] == plan["seed"])].reset_index(drop=True)
+    b = _planned_losses(other)
+    keys = list(zip(t["block"], t["candidate"]))
+    if not all(k in b.index for k in keys):
+        return []
+    t["val_loss"] = (t["val_loss"].to_numpy(float) + b.loc[keys].to_numpy(float)) / 2
+    head = [f"## {long.name} + {other.name}: the mean of two seeds as the ground truth ({len(t)} candidates)", "",
+            "| predictor | distill CPU s | pooled | minus MACs | within cells | equal MACs | equal MACs minus MACs |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    return head + rating_rows(t, tol, n_boot) + rating_rows(t, tol, n_boot, calibrated=True) + [""]
 
 
 def _relink(report: Path) -> None:
