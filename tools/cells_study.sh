@@ -20,7 +20,8 @@
 #     calibrate:V:UNITS[:EXCLUDE]
 #                        ROOT/V_cal: V's ratings with each cell's rating mapped onto the stand-alone scale by a line
 #                        fitted on the units of ROOT/UNITS (rank_check.fit_cell_calibration: only the cells move
-#                        against each other; the plan's own seed only, as rank_check.loo_calibrated scores it),
+#                        against each other; the plan's own seed only, as rank_check.loo_calibrated scores it;
+#                        UNITS=A+B: the mean stand-alone loss of unit sets A and B, same candidates, own seeds),
 #                        leaving out the candidates of the plan ROOT/EXCLUDE/rank_check/plan.json, or with
 #                        EXCLUDE=random-SEED-M those of the random draw rank_check.block_selection=random,
 #                        rank_check.seed=SEED, block_candidates=M (a held-out draw, known before its plan is made)
@@ -100,7 +101,8 @@ for phase in "$@"; do
       v=$a; units=$b; exclude=${c:-}; R="$ROOT/${v}_cal"
       say "calibrate $v on $units (excluding ${exclude:-nothing})"
       case "$exclude" in random-*|"") ex=$exclude ;; *) ex=$ROOT/$exclude/rank_check/plan.json ;; esac
-      "$PY" - "$ROOT/$v" "$ROOT/$units/rank_check/units.csv" "$R" "$ex" <<'PYEOF'
+      csvs=$(echo "$units" | tr '+' '\n' | sed "s|.*|$ROOT/&/rank_check/units.csv|" | paste -sd+)
+      "$PY" - "$ROOT/$v" "$csvs" "$R" "$ex" <<'PYEOF'
 import json, sys
 from pathlib import Path
 import pandas as pd
@@ -110,10 +112,17 @@ from dna_fast.space import SearchSpace
 src, units_csv, out, exclude = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 label = Path(src).name
 import yaml
-space = SearchSpace.load(yaml.safe_load((Path(units_csv).parent.parent / "config.yaml").read_text())["space"])
-units = pd.read_csv(units_csv)
-own_seed = json.loads((Path(units_csv).parent / "plan.json").read_text())["seed"]
-units = units[units["roles"].fillna("").str.contains("planned") & (units["seed"] == own_seed)]
+space = SearchSpace.load(yaml.safe_load((Path(units_csv.split("+")[0]).parent.parent / "config.yaml").read_text())["space"])
+def planned(csv):  # one unit set's planned candidates at its plan's own seed
+    u = pd.read_csv(csv)
+    own_seed = json.loads((Path(csv).parent / "plan.json").read_text())["seed"]
+    return u[u["roles"].fillna("").str.contains("planned") & (u["seed"] == own_seed)].reset_index(drop=True)
+sets = [planned(c) for c in units_csv.split("+")]
+units = sets[0]
+if len(sets) > 1:  # the mean stand-alone loss over the sets (the same candidates at other training seeds)
+    key = list(zip(units["block"], units["candidate"]))
+    others = [s.set_index(["block", "candidate"])["val_loss"].loc[key].to_numpy() for s in sets[1:]]
+    units["val_loss"] = (units["val_loss"].to_numpy() + sum(others)) / len(sets)
 drop = set()
 if exclude.startswith("random-"):
     _, dseed, m = exclude.split("-")
