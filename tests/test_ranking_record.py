@@ -30,8 +30,8 @@ def test_pooled_taus_recompute_from_the_unit_table(unit_set):
     plan = json.loads((unit_set / "plan.json").read_text())
     table = _planned(pd.read_csv(unit_set / "units.csv"), plan["seed"])
     pooled = res["block_level"].get("pooled") or {}
-    if len(table) < 3:
-        assert not pooled
+    if len(table) < 3 or table.groupby("block").size().max() < 2:  # a set just begun: no pair within a block yet
+        assert all(v.get("tau") is None for v in pooled.values())
         return
     truth = -table["val_loss"].to_numpy(float)
     checked = 0
