@@ -87,15 +87,16 @@ def test_dwconv_nchw_direct_kernel_wide_planes(device, dtype):
 
 
 def test_dwconv_nchw_route_table():
-    """Where the NCHW CPU routes go (csrc/cpu/dwconv_route.h): the direct kernel only where it measured faster than
-    eager (k = 3, stride 1, output width >= 24); elsewhere oneDNN's conv with the BN folded in and swish as its
-    post-op where the torch build has it (else the eager sequence itself), at the shapes where the fused kernels
-    measured 0.85-0.99x eager."""
+    """Where the NCHW CPU routes go (csrc/cpu/dwconv_route.h): the direct kernel at k = 3, every stride and width,
+    where its phase-plane form measured 1.09-1.20x eager; at k = 5 / 7 oneDNN's conv with the BN folded in and swish
+    as its post-op where the torch build has it (else the eager sequence itself), where the direct kernel measured
+    0.77-1.03x."""
     from dna_fast import _C
 
     other = "onednn_swish" if _C.onednn_conv_swish_available() else "eager"
-    assert _C.dwconv_route(3, 1, 56) == "direct" and _C.dwconv_route(3, 1, 24) == "direct"
-    for k, stride, wo in ((3, 1, 23), (3, 2, 28), (5, 1, 56), (7, 1, 56), (5, 1, 28), (7, 2, 14), (3, 1, 14)):
+    for k, stride, wo in ((3, 1, 56), (3, 1, 24), (3, 1, 14), (3, 1, 7), (3, 2, 28), (3, 2, 7)):
+        assert _C.dwconv_route(k, stride, wo) == "direct", (k, stride, wo)
+    for k, stride, wo in ((5, 1, 56), (7, 1, 56), (5, 1, 28), (7, 2, 14), (7, 1, 14), (5, 2, 7)):
         assert _C.dwconv_route(k, stride, wo) == other, (k, stride, wo)
 
 
@@ -147,15 +148,15 @@ def test_dwconv_channels_last_both_routes_match_reference(monkeypatch, route):
 @pytest.mark.parametrize("route", ["direct", "onednn_swish", "eager"])
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF])
 def test_dwconv_nchw_both_routes_match_reference(monkeypatch, route, dtype):
-    """Each NCHW route forced on shapes that normally take the other (DNA_FAST_DWCONV; the direct kernel exists for
-    k = 3 only): each equals the reference, with and without the SE sums."""
+    """Each NCHW route forced on every kernel size and stride, on wide and short rows, odd and even sizes (the
+    direct kernel's phase planes at stride 2): each equals the reference, with and without the SE sums."""
     from dna_fast import _C
 
     _skip_missing_route(route)
     monkeypatch.setenv("DNA_FAST_DWCONV", route)
-    shapes = [(2, 5, 13, 30, 3, 1), (1, 4, 9, 11, 3, 1), (2, 6, 15, 28, 3, 2), (1, 3, 8, 7, 3, 2)]
-    if route != "direct":
-        shapes += [(1, 4, 9, 11, 5, 1), (1, 3, 8, 7, 7, 2)]
+    shapes = [(2, 5, 13, 30, 3, 1), (1, 4, 9, 11, 3, 1), (2, 6, 15, 28, 3, 2), (1, 3, 8, 7, 3, 2),
+              (1, 4, 9, 11, 5, 1), (2, 3, 14, 14, 7, 1), (1, 3, 8, 7, 7, 2), (2, 4, 28, 27, 7, 2),
+              (1, 2, 5, 6, 5, 2), (1, 2, 3, 2, 7, 1), (1, 2, 1, 1, 5, 2)]
     for n, c, h, w, k, stride in shapes:
         wo = (w - 1) // stride + 1
         assert _C.dwconv_route(k, stride, wo) == route
@@ -443,3 +444,22 @@ def test_torch_compile_fullgraph(device):
 
     compiled = torch.compile(f, fullgraph=True)
     torch.testing.assert_close(compiled(x, target), f(x, target))
+
+
+def test_ab_routes_tool_times_each_route_and_checks_it(capsys):
+    """tools/ab_routes.py (the paired A/B behind docs/benchmarks.md's route figures): each route is checked against
+    the reference and timed every round; one line per shape with a ratio and its interval, the env switch restored."""
+    import os
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import ab_routes
+
+    assert ab_routes.main(["--rounds", "3", "--threads", "1", "--routes", "direct,eager,eager",
+                           "--shapes", "8,9,3,2", "8,7,7,1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("# ") and len(lines) == 3
+    assert "16x8x9x9 k3 s2: direct" in lines[1] and lines[1].count("vs eager") == 2
+    assert "DNA_FAST_DWCONV" not in os.environ
+    assert ab_routes.bench_shapes()[0] == (40, 56, 3, 1)

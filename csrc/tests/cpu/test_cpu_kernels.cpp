@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -103,32 +104,40 @@ std::string name(const char* op, const at::Tensor& x, int64_t k, int64_t s, bool
 
 void test_dwconv() {
   const std::vector<std::vector<int64_t>> shapes = {{1, 8, 7, 7}, {2, 16, 9, 15}, {1, 5, 6, 11}, {1, 24, 3, 22}};
-  for (const auto& sh : shapes)
-    for (int64_t k : {3, 5, 7})
-      for (int64_t s : {1, 2})
-        for (bool cl : {false, true}) {
-          at::Tensor x = at::randn(sh);
-          if (cl) x = x.contiguous(at::MemoryFormat::ChannelsLast);
-          const int64_t C = sh[1];
-          const at::Tensor w = at::randn({C, 1, k, k}) * 0.3, scale = at::randn({C}), shift = at::randn({C});
-          const auto out = call("dwconv_bn_act", {x, w, scale, shift, s, true});
-          const at::Tensor ref = bn_swish_ref(dw_conv_ref(x, w, s), scale, shift);
-          const std::string what = name("dwconv_bn_act", x, k, s, cl);
-          expect(close(out[0].toTensor(), ref, 1e-5, 1e-5, what) &&
-                     close(out[1].toTensor(), ref.sum({2, 3}), 1e-5, 1e-4, what + " sums"),
-                 what);
-          if (!cl) continue;
-          // dwconv_stats: the conv (channels_last) and per output row (n, y) the mean and M2 over (x, c)... per channel
-          const auto st = call("dwconv_stats", {x, w, s});
-          const at::Tensor conv = dw_conv_ref(x, w, s);  // [N, C, Ho, Wo]
-          const int64_t N = conv.size(0), Ho = conv.size(2);
-          const at::Tensor rows = conv.permute({0, 2, 3, 1}).reshape({N * Ho, conv.size(3), C});  // [rows, Wo, C]
-          const at::Tensor mean = rows.mean(1), m2 = (rows - mean.unsqueeze(1)).square().sum(1);
-          const std::string w2 = name("dwconv_stats", x, k, s, cl);
-          expect(close(st[0].toTensor(), conv, 1e-5, 1e-5, w2) && close(st[1].toTensor(), mean, 1e-5, 1e-5, w2) &&
-                     close(st[2].toTensor(), m2, 1e-4, 1e-4, w2 + " m2"),
-                 w2);
-        }
+  // each shape on its default route, then with the direct kernels forced (NCHW: every k and stride, under ASan)
+  for (const char* route : {"", "direct"})
+    for (const auto& sh : shapes)
+      for (int64_t k : {3, 5, 7})
+        for (int64_t s : {1, 2})
+          for (bool cl : {false, true}) {
+            if (*route) {
+              setenv("DNA_FAST_DWCONV", route, 1);
+            } else {
+              unsetenv("DNA_FAST_DWCONV");
+            }
+            at::Tensor x = at::randn(sh);
+            if (cl) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+            const int64_t C = sh[1];
+            const at::Tensor w = at::randn({C, 1, k, k}) * 0.3, scale = at::randn({C}), shift = at::randn({C});
+            const auto out = call("dwconv_bn_act", {x, w, scale, shift, s, true});
+            const at::Tensor ref = bn_swish_ref(dw_conv_ref(x, w, s), scale, shift);
+            const std::string what = name("dwconv_bn_act", x, k, s, cl) + (*route ? " forced " : "") + route;
+            expect(close(out[0].toTensor(), ref, 1e-5, 1e-5, what) &&
+                       close(out[1].toTensor(), ref.sum({2, 3}), 1e-5, 1e-4, what + " sums"),
+                   what);
+            if (!cl) continue;
+            // dwconv_stats: the conv (channels_last) and per output row (n, y) the mean and M2 over x, per channel
+            const auto st = call("dwconv_stats", {x, w, s});
+            const at::Tensor conv = dw_conv_ref(x, w, s);  // [N, C, Ho, Wo]
+            const int64_t N = conv.size(0), Ho = conv.size(2);
+            const at::Tensor rows = conv.permute({0, 2, 3, 1}).reshape({N * Ho, conv.size(3), C});  // [rows, Wo, C]
+            const at::Tensor mean = rows.mean(1), m2 = (rows - mean.unsqueeze(1)).square().sum(1);
+            const std::string w2 = name("dwconv_stats", x, k, s, cl);
+            expect(close(st[0].toTensor(), conv, 1e-5, 1e-5, w2) && close(st[1].toTensor(), mean, 1e-5, 1e-5, w2) &&
+                       close(st[2].toTensor(), m2, 1e-4, 1e-4, w2 + " m2"),
+                   w2);
+          }
+  unsetenv("DNA_FAST_DWCONV");
 }
 
 void test_rows() {
