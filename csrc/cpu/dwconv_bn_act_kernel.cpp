@@ -1,18 +1,16 @@
 // CPU kernel of dwconv_bn_act: depthwise conv (padding k / 2) + folded BN + swish (+ per-(n, c) spatial sums).
 //
-// Direct kernel (NCHW, k = 3 on the default route; 5 and 7 when forced): at::parallel_for over (n, c) planes; each
-// plane is copied once, as fp32, into zero-padded thread-local phase planes (one at stride 1, four at stride 2, so
-// every tap reads with unit stride and no bounds checks), then computed as one flat run over the padded grid, 32
-// outputs at a time with the taps unrolled (K, S are template constants) and vectorized by the compiler (function
-// clones for AVX-512 / AVX2 / baseline, chosen at load time), BN + swish applied in registers; the valid columns are
-// then copied out and summed. Before 2026-12-04 it ran row by row: rows shorter than a vector (14x14 planes) ran
-// scalar and stride 2 gathered, so those shapes took the eager form.
+// Direct kernel (NCHW, wide planes, k = 3): at::parallel_for over (n, c) planes; each plane is copied once, as fp32,
+// into a zero-padded thread-local buffer so the tap loops need no bounds checks, then each output row is computed
+// with the taps unrolled (K, S are template constants) and the row loop vectorized by the compiler (function clones
+// for AVX-512 / AVX2 / baseline, chosen at load time), BN + swish + sums applied while the row is in cache.
 // channels_last fp32 with C % 8 == 0, k = 3: the register-tiled kernel of nhwc_avx2.h (7 outputs' accumulators in ymm
 // registers, BN + swish + sums in its epilogue; an earlier direct channels_last kernel that kept one accumulator row
 // in memory per pixel, 3 loads + 1 store per FMA, was slower than oneDNN); at k >= 5 the eager form (dwconv_route.h:
 // oneDNN's conv with swish as its post-op, or the conv then an in-place silu).
-// Other channels_last inputs: ATen's depthwise conv in fp32, then one fused epilogue pass. NCHW k >= 5: the eager
-// form (dwconv_route.h says why).
+// Other channels_last inputs: ATen's depthwise conv in fp32, then one fused epilogue pass. Other NCHW shapes: the
+// eager form (dwconv_route.h says why). Tried and slower at the dna shapes: the direct NCHW kernel on 14x14 / 7x7
+// planes (rows shorter than one AVX-512 vector run scalar).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -33,39 +31,19 @@
 namespace dna_fast {
 namespace {
 
-// A plane as phase planes: phase (a, b) of stride S holds the zero-padded input at rows S * r + a, columns S * i + b
-// (one plane, the padded input, at S = 1; four at S = 2), Hq x Wq each with Hq = Ho + (K - 1) / S and
-// Wq = Wo + (K - 1) / S. Tap (ky, kx) of output (oy, ox) then reads phase (ky % S, kx % S) at row oy + ky / S and
-// column ox + kx / S: every tap is a unit-stride read, and the outputs can be computed as one flat run over the
-// Wq-wide grid, j = oy * Wq + ox (the Wq - Wo columns past each row's end are computed and dropped), so short rows
-// (14 or 7 outputs) still fill whole vectors.
-template <int K, int S, int B>
-DNA_ALWAYS_INLINE void dw_flat_block(const float* __restrict__ in, int64_t Wq, int64_t plane,
-                                     const float* __restrict__ w, float* __restrict__ out, float scale, float shift) {
-  float acc[B] = {};
-#pragma GCC unroll 7
-  for (int ky = 0; ky < K; ++ky) {
-#pragma GCC unroll 7
-    for (int kx = 0; kx < K; ++kx) {
-      const float wk = w[ky * K + kx];
-      const float* src = in + ((ky % S) * S + kx % S) * plane + (ky / S) * Wq + kx / S;
-      for (int t = 0; t < B; ++t) acc[t] += wk * src[t];
-    }
-  }
-  for (int t = 0; t < B; ++t) out[t] = fast_swishf(acc[t] * scale + shift);
-}
-
-// kFlatBlock consecutive outputs at a time (their accumulators in registers, each tap's weight broadcast once for
-// all of them). The run is rounded up to whole blocks: the grid holds flat_len(L) values and the phase buffer
-// kFlatBlock floats past its planes, so the last block's extra outputs read initialized memory and are dropped.
-constexpr int kFlatBlock = 32;
-inline int64_t flat_len(int64_t L) { return (L + kFlatBlock - 1) / kFlatBlock * kFlatBlock; }
-
+// One output row of a plane: out[ox] = swish(sum_taps w * in_padded * scale + shift).
 template <int K, int S>
-DNA_ALWAYS_INLINE void dw_flat(const float* __restrict__ in, int64_t Wq, int64_t plane, const float* __restrict__ w,
-                               float* __restrict__ out, int64_t L, float scale, float shift) {
-  for (int64_t j = 0; j < L; j += kFlatBlock)
-    dw_flat_block<K, S, kFlatBlock>(in + j, Wq, plane, w, out + j, scale, shift);
+DNA_ALWAYS_INLINE void dw_row(const float* __restrict__ in, int64_t Wp, const float* __restrict__ w,
+                              float* __restrict__ out, int64_t Wo, float scale, float shift) {
+  for (int64_t ox = 0; ox < Wo; ++ox) {
+    float acc = 0.f;
+#pragma GCC unroll 7
+    for (int ky = 0; ky < K; ++ky) {
+#pragma GCC unroll 7
+      for (int kx = 0; kx < K; ++kx) acc += w[ky * K + kx] * in[ky * Wp + ox * S + kx];
+    }
+    out[ox] = fast_swishf(acc * scale + shift);
+  }
 }
 
 // Sum of n floats with 16 independent partial sums (vectorizable without reassociation flags).
@@ -80,14 +58,27 @@ DNA_ALWAYS_INLINE float row_sum(const float* __restrict__ v, int64_t n) {
   return s;
 }
 
-// Computes one plane from its phase planes into `grid` (the flat Wq-wide run, (Ho - 1) * Wq + Wo values).
-DNA_CPU_CLONES void dw_plane(int k, int s, const float* in, int64_t Wq, int64_t plane, const float* w, float* grid,
-                             int64_t L, float scale, float shift) {
+template <int K, int S>
+DNA_ALWAYS_INLINE float dw_plane_impl(const float* in, int64_t Wp, const float* w, float* out, int64_t Ho,
+                                      int64_t Wo, float scale, float shift, bool with_sums) {
+  float sum = 0.f;
+  for (int64_t oy = 0; oy < Ho; ++oy) {
+    float* o = out + oy * Wo;
+    dw_row<K, S>(in + oy * S * Wp, Wp, w, o, Wo, scale, shift);
+    if (with_sums) sum += row_sum(o, Wo);
+  }
+  return sum;
+}
+
+// Computes one plane from the padded fp32 input into fp32 `out`; returns the sum of the outputs (0 if !with_sums).
+DNA_CPU_CLONES float dw_plane(int k, int s, const float* in, int64_t Wp, const float* w, float* out, int64_t Ho,
+                              int64_t Wo, float scale, float shift, bool with_sums) {
 #define DNA_DW_CASE(K_, S_) \
-  if (k == K_ && s == S_) return dw_flat<K_, S_>(in, Wq, plane, w, grid, L, scale, shift);
-  DNA_DW_CASE(3, 1) DNA_DW_CASE(3, 2) DNA_DW_CASE(5, 1) DNA_DW_CASE(5, 2) DNA_DW_CASE(7, 1) DNA_DW_CASE(7, 2)
+  if (k == K_ && s == S_) return dw_plane_impl<K_, S_>(in, Wp, w, out, Ho, Wo, scale, shift, with_sums);
+  DNA_DW_CASE(3, 1) DNA_DW_CASE(3, 2)
 #undef DNA_DW_CASE
   TORCH_INTERNAL_ASSERT(false, "dw_plane: unsupported k/stride");
+  return 0.f;
 }
 
 // Epilogue of the conv path on one contiguous run of n fp32 conv outputs: y = swish(z * scale + shift), scale/shift
@@ -125,42 +116,30 @@ void run_nchw(const at::Tensor& x, const float* w, const float* sc, const float*
               at::Tensor& y, float* sums) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Ho = y.size(2), Wo = y.size(3), pad = dw_pad(k);
-  const int64_t Hq = Ho + (k - 1) / s, Wq = Wo + (k - 1) / s, plane = Hq * Wq, L = (Ho - 1) * Wq + Wo;
+  const int64_t Hp = dw_in_extent(Ho, k, s), Wp = dw_in_extent(Wo, k, s);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> in(s * s * plane + kFlatBlock, 0.f), grid(flat_len(L));
-    std::vector<float> out(std::is_same_v<scalar_t, float> ? 0 : Ho * Wo);
+    std::vector<float> in(Hp * Wp), out(std::is_same_v<scalar_t, float> ? 0 : Ho * Wo);
     for (int64_t p = b; p < e; ++p) {
       const int64_t c = p % C;
       const scalar_t* src = xp + p * H * W;
-      // the phase planes, as fp32, zero where they read the padding: phase column i of phase bx reads input column
-      // s * i + bx - pad, inside the input for i in [lo, hi)
-      for (int64_t bx = 0; bx < s; ++bx) {
-        const int64_t lo = std::min(Wq, (pad - bx + s - 1) / s);
-        const int64_t hi = std::max(lo, std::min(Wq, (W - 1 + pad - bx) / s + 1));
-        for (int64_t a = 0; a < s; ++a)
-          for (int64_t r = 0; r < Hq; ++r) {
-            const int64_t iy = s * r + a - pad;
-            float* dst = in.data() + (a * s + bx) * plane + r * Wq;
-            if (!dw_inside(iy, H)) {
-              std::fill(dst, dst + Wq, 0.f);
-              continue;
-            }
-            const scalar_t* row = src + iy * W;
-            std::fill(dst, dst + lo, 0.f);
-            for (int64_t i = lo; i < hi; ++i) dst[i] = static_cast<float>(row[s * i + bx - pad]);
-            std::fill(dst + hi, dst + Wq, 0.f);
-          }
+      // zero-padded fp32 copy of the rows/columns the outputs read
+      for (int64_t r = 0; r < Hp; ++r) {
+        float* dst = in.data() + r * Wp;
+        const int64_t iy = r - pad;
+        if (!dw_inside(iy, H)) {
+          std::fill(dst, dst + Wp, 0.f);
+          continue;
+        }
+        const int64_t ncopy = std::min(W, Wp - pad);
+        std::fill(dst, dst + pad, 0.f);
+        for (int64_t i = 0; i < ncopy; ++i) dst[pad + i] = static_cast<float>(src[iy * W + i]);
+        std::fill(dst + pad + ncopy, dst + Wp, 0.f);
       }
-      dw_plane(static_cast<int>(k), static_cast<int>(s), in.data(), Wq, plane, w + c * k * k, grid.data(), L, sc[c],
-               sh[c]);
       float* o = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(yp + p * Ho * Wo) : out.data();
-      float sum = 0.f;
-      for (int64_t oy = 0; oy < Ho; ++oy) {
-        std::copy(grid.data() + oy * Wq, grid.data() + oy * Wq + Wo, o + oy * Wo);
-        if (sums) sum += row_sum(o + oy * Wo, Wo);
-      }
+      const float sum = dw_plane(static_cast<int>(k), static_cast<int>(s), in.data(), Wp, w + c * k * k, o, Ho, Wo,
+                                 sc[c], sh[c], sums != nullptr);
       if (sums) sums[p] = sum;
       if constexpr (!std::is_same_v<scalar_t, float>) store_row(o, yp + p * Ho * Wo, Ho * Wo);
     }

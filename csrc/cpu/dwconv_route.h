@@ -21,18 +21,17 @@
 // form wherever this torch build has the op and oneDNN (onednn_conv_swish_available); the eager sequence is the
 // fallback.
 //
-// The direct NCHW kernel on phase planes (2026-12-04): each plane is computed as one flat run over a padded grid,
-// stride 2 split into four phase planes so every tap reads with unit stride, 32 outputs' accumulators in registers
-// (dwconv_bn_act_kernel.cpp). Short rows (14x14) and stride 2 now fill whole vectors. Paired A/B
-// (tools/ab_routes.py, 40 rounds, 2 threads, EPYC AVX2, 14:15 UTC, the study's workers paused): k = 3 against
-// onednn_swish / eager 1.13x / 1.17x at 16x40x56x56 s1, 1.11x / 1.13x at 16x144x56x56 s2, 1.09x / 1.20x at
-// 16x480x14x14; k = 5 / 7 it still loses to oneDNN (0.77-0.89x at k7, 0.87-1.03x at k5; 49 unaligned loads per 32
-// outputs, where oneDNN's blocked kernel reuses them), so k = 3 runs it at every stride and width, k >= 5 the eager
-// form.
+// Tried and not kept (2026-12-04): the direct NCHW kernel as one flat run per plane over zero-padded phase planes
+// (stride 2 as four unit-stride planes, 32 outputs' accumulators in registers), so that 14-wide rows and stride 2
+// fill whole vectors, and k = 5 / 7 instantiated. Paired A/B on a quiet machine (tools/ab_routes.py, 40 rounds,
+// 2 threads, EPYC AVX2, 15:31 UTC, load 0.91) against the eager sequence: 0.90x at 16x40x56x56 k3 s1 (the row kernel
+// here: 1.30x), 0.98x at 16x480x14x14 k3, 1.03x [0.98, 1.06] at 16x144x56x56 k3 s2; at k7 0.57-0.89x against oneDNN
+// (timed under load). Earlier A/Bs that day, at a 1-minute load of 2-3 just after pausing the study's workers, read
+// 1.09-1.20x for k = 3 and put the two kernels level at 56x56: the quiet one decides.
 //
 // DNA_FAST_DWCONV=direct|onednn_swish|eager (read at each call) forces one route on every input the route can take
-// (the direct NCHW kernel exists for k = 3, 5, 7 at stride 1 and 2, the channels_last one for every k, onednn_swish
-// where available), for tests and A/B runs.
+// (the direct NCHW kernel exists for k = 3 only, the channels_last one for every k, onednn_swish where available),
+// for tests and A/B runs.
 #pragma once
 
 #include <cstdint>
@@ -60,16 +59,10 @@ inline DwRoute forced_route(bool direct_exists, bool onednn) {
   return DwRoute::kConvEpilogue;
 }
 
-// The direct NCHW kernel's instantiations (dwconv_bn_act_kernel.cpp's dw_plane).
-inline bool nchw_direct_exists(int64_t k, int64_t stride) {
-  return (k == 3 || k == 5 || k == 7) && (stride == 1 || stride == 2);
-}
-
-// The output width does not matter since the direct kernel runs each plane as one flat run (short rows fill vectors).
-inline DwRoute nchw_route(int64_t k, int64_t stride, int64_t /*Wo*/, bool onednn) {
-  const DwRoute forced = forced_route(nchw_direct_exists(k, stride), onednn);
+inline DwRoute nchw_route(int64_t k, int64_t stride, int64_t Wo, bool onednn) {
+  const DwRoute forced = forced_route(k == 3, onednn);
   if (forced != DwRoute::kConvEpilogue) return forced;
-  return k == 3 ? DwRoute::kDirect : eager_form(onednn);
+  return (k == 3 && stride == 1 && Wo >= 24) ? DwRoute::kDirect : eager_form(onednn);
 }
 
 inline DwRoute nhwc_route(int64_t k, bool onednn) {
