@@ -43,12 +43,16 @@ seed_dir() {  # seed_dir DIR: a run dir that starts from the study's teacher
   [ -e "$1/teacher/metrics.json" ] || cp "$ROOT/teacher/teacher/metrics.json" "$1/teacher/"
 }
 
+# the variants' ratings are raw (the config's default calibrates them since the study chose that recipe; the study
+# calibrates with its own units, phase calibrate)
+RAW="rate.cell_calibration=0"
+
 variant_args() {
   case "$1" in
-    su) echo "distill.cells=shared distill.sampling=uniform" ;;
-    sf) echo "distill.cells=shared distill.sampling=fair" ;;
-    pu) echo "distill.cells=parallel distill.sampling=uniform" ;;
-    pf) echo "distill.cells=parallel distill.sampling=fair" ;;
+    su) echo "distill.cells=shared distill.sampling=uniform $RAW" ;;
+    sf) echo "distill.cells=shared distill.sampling=fair $RAW" ;;
+    pu) echo "distill.cells=parallel distill.sampling=uniform $RAW" ;;
+    pf) echo "distill.cells=parallel distill.sampling=fair $RAW" ;;
     *) echo "unknown variant $1 (su, sf, pu, pf)" >&2; exit 2 ;;
   esac
 }
