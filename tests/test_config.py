@@ -67,7 +67,8 @@ def test_fashion_mnist_defaults_are_the_cells_study_recipe_and_the_first_study_p
     assert 'PIN="distill.cells=shared distill.epochs=4 rate.cell_calibration=0"' in script
     calls = [line for line in script.splitlines() if line.startswith("train --run-dir")]
     assert len(calls) == 3 and all(" $PIN " in c and c.endswith('"$@"') for c in calls)
-    assert "rate.cell_calibration=0" in (repo_root / "tools/cells_study.sh").read_text()
+    cells = (repo_root / "tools/cells_study.sh").read_text()
+    assert 'RAW="rate.cell_calibration=0"' in cells and '--stages rank_check "$RAW"' in cells
 
 
 @pytest.mark.parametrize("item, key, value", [

@@ -43,8 +43,9 @@ seed_dir() {  # seed_dir DIR: a run dir that starts from the study's teacher
   [ -e "$1/teacher/metrics.json" ] || cp "$ROOT/teacher/teacher/metrics.json" "$1/teacher/"
 }
 
-# the variants' ratings are raw (the config's default calibrates them since the study chose that recipe; the study
-# calibrates with its own units, phase calibrate)
+# the variants' ratings are raw and the unit sets score the tables they are given (the config's default calibrates
+# since the study chose that recipe, and a rank_check run would then wait for a calibration; the study calibrates
+# with its own units, phase calibrate)
 RAW="rate.cell_calibration=0"
 
 variant_args() {
@@ -97,7 +98,7 @@ for phase in "$@"; do
       only=false; [ "$kind" = analyze ] && only=true
       say "$kind $name at $steps steps ($extra)"
       # shellcheck disable=SC2046
-      train --run-dir "$R" --stages rank_check rank_check.block_steps="$steps" rank_check.networks=0 \
+      train --run-dir "$R" --stages rank_check "$RAW" rank_check.block_steps="$steps" rank_check.networks=0 \
         rank_check.found_random=0 rank_check.analyze_only=$only rank_check.compare="$([ $only = true ] && compare_arg)" \
         $(echo "$extra" | tr ',' ' ')
       ;;
