@@ -98,3 +98,18 @@ def test_seed_mean_rows_score_ratings_against_the_mean_of_two_seeds(tmp_path):
     # block 0 ranked perfectly (+1), block 1 exactly backwards (-1), as many pairs each: pooled tau 0
     assert float(v.split("|")[3].split()[0]) == 0.0
     assert cr.seed_mean_rows(long, tmp_path / "missing") == []
+
+
+def test_save_drops_a_blind_marker_the_study_root_no_longer_has(tmp_path):
+    root = tmp_path / "root"
+    d = _unit_set(root, "random")
+    plan = d / "rank_check" / "plan.json"
+    plan.write_text(json.dumps({**json.loads(plan.read_text()), "blocks": {"0": [{"candidate": "c0"}]}}))
+    (d / "BLIND").write_text("until the recipe is settled\n")
+    out = tmp_path / "record"
+    cr.save(root, out)
+    assert (out / "units" / "heldout" / "BLIND").is_file()  # blinded: the record keeps it blinded
+    (d / "BLIND").unlink()  # unblinded in the study root
+    cr.save(root, out)
+    assert not (out / "units" / "heldout" / "BLIND").exists()
+    assert "blinded" not in (out / "summary.md").read_text()

@@ -343,6 +343,8 @@ def save(root: Path, out: Path) -> None:
             _copy(p, out / "units" / d.name / "ratings" / p.name)
         _copy(d / "calibration.json", out / "units" / d.name / "calibration.json")
         _copy(d / "BLIND", out / "units" / d.name / "BLIND")
+        if not blind:  # unblinded since the last save: the record must not keep it blinded
+            (out / "units" / d.name / "BLIND").unlink(missing_ok=True)
     (out / "summary.md").write_text(summary(root))
 
 
