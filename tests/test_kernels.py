@@ -462,3 +462,5 @@ def test_ab_routes_tool_times_each_route_and_checks_it(capsys):
     assert "16x8x9x9 k3 s2: direct" in lines[1] and lines[1].count("vs eager") == 2
     assert "DNA_FAST_DWCONV" not in os.environ
     assert ab_routes.bench_shapes()[0] == (40, 56, 3, 1)
+    assert ab_routes.main(["--rounds", "2", "--threads", "1", "--routes", "auto,baseline", "--shapes", "8,9,7,2"]) == 0
+    assert "auto" in capsys.readouterr().out and "DNA_FAST_DWCONV" not in os.environ

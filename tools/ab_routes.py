@@ -6,7 +6,10 @@
 Each round times every route once (best of 3 calls), in an order that rotates every round, so no route always runs
 right after another; per shape it prints each route's median time and the median over rounds of the per-round ratio
 of the first route's time to each other's (with a 95 % bootstrap interval): above 1 means the other route is slower.
-The routes are forced through DNA_FAST_DWCONV, which the op reads at every call. An A/A control: name a route twice.
+The routes are forced through DNA_FAST_DWCONV, which the op reads at every call. Two names are not routes: ``auto``
+is the op as shipped (the route it picks for the shape), ``baseline`` the benchmark's eager sequence (conv with the BN
+folded into its weight once, outside the timed call, then an in-place silu), so ``--routes auto,baseline`` is the
+kernels table's row measured paired. An A/A control: name a route twice.
 Time it on a quiet machine (docs/benchmarks.md says how the figures there were taken).
 """
 
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dna_fast import ops
 
@@ -51,17 +55,24 @@ def ab(shape, layout: str, routes: list[str], rounds: int, seed: int = 0) -> dic
         x = x.to(memory_format=torch.channels_last)
     w, sc, sh = torch.randn(c, 1, k, k, generator=g) * 0.3, torch.randn(c, generator=g), torch.randn(c, generator=g)
     call = lambda: ops.dwconv_bn_act(x, w, sc, sh, s)  # noqa: E731
+    wf = w * sc.view(-1, 1, 1, 1)
+    baseline = lambda: F.silu(F.conv2d(x, wf, sh, stride=s, padding=k // 2, groups=c), inplace=True)  # noqa: E731
     ref = ops.dwconv_bn_act_reference(x, w, sc, sh, s)
     times = np.zeros((rounds, len(routes)))
+
+    def use(route: str):
+        os.environ.pop("DNA_FAST_DWCONV", None)
+        if route not in ("auto", "baseline"):
+            os.environ["DNA_FAST_DWCONV"] = route
+        return baseline if route == "baseline" else call
+
     try:
         for r in routes:  # warm-up and a check that each route is right here
-            os.environ["DNA_FAST_DWCONV"] = r
-            torch.testing.assert_close(call(), ref, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(use(r)(), ref, rtol=1e-4, atol=1e-4)
         for j in range(rounds):
             for t in range(len(routes)):
                 i = (j + t) % len(routes)
-                os.environ["DNA_FAST_DWCONV"] = routes[i]
-                times[j, i] = _time(call)
+                times[j, i] = _time(use(routes[i]))
     finally:
         os.environ.pop("DNA_FAST_DWCONV", None)
     rng = np.random.default_rng(seed)
