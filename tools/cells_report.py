@@ -82,12 +82,17 @@ SEED_RULE = ("dev1248", "dev2496", "dev2496s1")
 SEED_RULE_TOLERANCE = 0.05
 
 
+def _planned_units(unit_set: Path, plan: dict) -> pd.DataFrame:
+    """The rows of a unit set's units.csv that the tests score: its planned candidates at the plan's seed (not the
+    seed-noise repeats, not the block-level found / random units)."""
+    t = pd.read_csv(unit_set / "rank_check" / "units.csv")
+    return t[t["roles"].fillna("").str.contains("planned") & (t["seed"] == plan["seed"])].reset_index(drop=True)
+
+
 def _planned_losses(unit_set: Path) -> pd.Series:
     """Stand-alone val loss of a unit set's planned candidates at its plan's seed, indexed by (block, candidate)."""
     plan = json.loads((unit_set / "rank_check" / "plan.json").read_text())
-    t = pd.read_csv(unit_set / "rank_check" / "units.csv")
-    t = t[t["roles"].fillna("").str.contains("planned") & (t["seed"] == plan["seed"])]
-    return t.set_index(["block", "candidate"])["val_loss"]
+    return _planned_units(unit_set, plan).set_index(["block", "candidate"])["val_loss"]
 
 
 def seed_rule(short: Path, long: Path, long_other_seed: Path, tol: float = SEED_RULE_TOLERANCE,
@@ -209,8 +214,7 @@ def heldout_tests(unit_set: Path, res: dict, n_boot: int = 2000) -> list[str]:
     p = unit_set / "rank_check" / "units.csv"
     if plan.get("selection") != "random" or not p.is_file():
         return []
-    t = pd.read_csv(p)
-    t = t[t["roles"].fillna("").str.contains("planned") & (t["seed"] == plan["seed"])].reset_index(drop=True)
+    t = _planned_units(unit_set, plan)
     if len(t) < 3:
         return []
     tol = ((res.get("block_level") or {}).get("pooled_equal_macs") or {}).get("tolerance", 0.1)
@@ -253,8 +257,7 @@ def calibrated_rows(unit_set: Path, res: dict, n_boot: int = 2000) -> list[str]:
     plan = json.loads((unit_set / "rank_check" / "plan.json").read_text())
     if plan.get("selection") == "random":  # a held-out draw is scored with lines fitted elsewhere, not on itself
         return []
-    t = pd.read_csv(p)
-    t = t[t["roles"].fillna("").str.contains("planned") & (t["seed"] == plan["seed"])].reset_index(drop=True)
+    t = _planned_units(unit_set, plan)
     tol = ((res.get("block_level") or {}).get("pooled_equal_macs") or {}).get("tolerance", 0.1)
     return rating_rows(t, tol, n_boot, calibrated=True)
 
@@ -297,8 +300,7 @@ def seed_mean_rows(long: Path, other: Path, tol: float = 0.1, n_boot: int = 2000
     if not all((d / "rank_check" / "units.csv").is_file() for d in (long, other)):
         return []
     plan = json.loads((long / "rank_check" / "plan.json").read_text())
-    t = pd.read_csv(long / "rank_check" / "units.csv")
-    t = t[t["roles"].fillna("").str.contains("planned") & (t["seed"] == plan["seed"])].reset_index(drop=True)
+    t = _planned_units(long, plan)
     b = _planned_losses(other)
     keys = list(zip(t["block"], t["candidate"]))
     if not all(k in b.index for k in keys):
