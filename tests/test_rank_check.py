@@ -594,6 +594,11 @@ def test_plan_with_random_selection_block_found_and_units_table(space, tmp_path)
     assert near == pytest.approx(eq["loss"]["tau"], abs=1e-6)
     text = rk.write_section(res)
     assert "found vs random at equal MACs" in text and "Equal-MACs pairs" in text
+    case = plan["block_found"]["0"][0]  # the table prints the found candidate's mean stand-alone loss, as a loss
+    row = next(ln for ln in text.splitlines() if ln.startswith(f"| 0 | {case['budget']} | {case['found']} |"))
+    found_loss = np.mean([json.loads((tmp_path / "blocks" / "block0" / rk._unit_name(case["found"], s)).read_text())
+                          ["val_loss"] for s in (100, 101)])
+    assert float(row.split("|")[4]) == pytest.approx(found_loss, rel=1e-3)
     assert any("about equal MACs" in ln for ln in rk.closing_lines(res))
 
 

@@ -91,9 +91,9 @@ def write_section(results: dict, path: str | Path | None = None) -> str:
               "about its MACs, each trained alone with several seeds (stand-alone val loss, lower is better).", "",
               "| block | budget (MACs) | found | found loss | random mean | verdict |", "|---|---:|---|---:|---:|---|"]
         for b, rows in bfv["per_block"].items():
-            for r in rows:
-                fm = r["found"]["mean"]
-                rm = r.get("random_mean")
+            for r in rows:  # found_vs_random compares negated losses (higher = better): printed as losses again
+                fm = None if r["found"]["mean"] is None else -r["found"]["mean"]
+                rm = None if r.get("random_mean") is None else -r["random_mean"]
                 L.append(f"| {b} | {r['budget']} | {r['found_candidate']} | {f'{fm:.4g}' if fm is not None else '-'} "
                          f"| {f'{rm:.4g}' if rm is not None else '-'} | {r['verdict']} |")
         g = bfv.get("mean_gain")
