@@ -594,11 +594,15 @@ def test_plan_with_random_selection_block_found_and_units_table(space, tmp_path)
     assert near == pytest.approx(eq["loss"]["tau"], abs=1e-6)
     text = rk.write_section(res)
     assert "found vs random at equal MACs" in text and "Equal-MACs pairs" in text
-    case = plan["block_found"]["0"][0]  # the table prints the found candidate's mean stand-alone loss, as a loss
-    row = next(ln for ln in text.splitlines() if ln.startswith(f"| 0 | {case['budget']} | {case['found']} |"))
-    found_loss = np.mean([json.loads((tmp_path / "blocks" / "block0" / rk._unit_name(case["found"], s)).read_text())
-                          ["val_loss"] for s in (100, 101)])
-    assert float(row.split("|")[4]) == pytest.approx(found_loss, rel=1e-3)
+    for b, cases in plan["block_found"].items():  # each row: the found candidate (pipes escaped), its mean loss
+        case = cases[0]
+        cell = case["found"].replace("|", "\\|")
+        row = next(ln for ln in text.splitlines() if ln.startswith(f"| {b} | {case['budget']} | {cell} |"))
+        found_loss = np.mean([json.loads((tmp_path / "blocks" / f"block{b}" / rk._unit_name(case["found"], s))
+                                         .read_text())["val_loss"] for s in (100, 101)])
+        cols = [c.strip() for c in row.replace("\\|", "").split("|")]
+        assert len(cols) == 8 and float(cols[4]) == pytest.approx(found_loss, rel=1e-3)
+    assert any("|" in cases[0]["found"] for cases in plan["block_found"].values())  # a multi-layer one among them
     assert any("about equal MACs" in ln for ln in rk.closing_lines(res))
 
 

@@ -15,6 +15,11 @@ from ._plan import plan_entries
 from ._stats import MIN_BOOTSTRAP_N
 
 
+def _md_cell(text: str) -> str:
+    """A table cell's text with its pipes escaped (a multi-layer candidate is ``a|b|c``)."""
+    return text.replace("|", "\\|")
+
+
 def _fmt_stat(s: dict | None, key: str = "tau") -> str:
     """``+0.68 [+0.53, +0.80]``: a statistic (``tau`` or ``rho``) with its interval; ``-`` where there is none."""
     if not s or s.get(key) is None:
@@ -94,8 +99,9 @@ def write_section(results: dict, path: str | Path | None = None) -> str:
             for r in rows:  # found_vs_random compares negated losses (higher = better): printed as losses again
                 fm = None if r["found"]["mean"] is None else -r["found"]["mean"]
                 rm = None if r.get("random_mean") is None else -r["random_mean"]
-                L.append(f"| {b} | {r['budget']} | {r['found_candidate']} | {f'{fm:.4g}' if fm is not None else '-'} "
-                         f"| {f'{rm:.4g}' if rm is not None else '-'} | {r['verdict']} |")
+                L.append(f"| {b} | {r['budget']} | {_md_cell(r['found_candidate'])} | "
+                         f"{f'{fm:.4g}' if fm is not None else '-'} | {f'{rm:.4g}' if rm is not None else '-'} | "
+                         f"{r['verdict']} |")
         g = bfv.get("mean_gain")
         if g:
             lo, hi = g["ci"]
