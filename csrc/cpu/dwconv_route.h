@@ -29,6 +29,12 @@
 // (timed under load). Earlier A/Bs that day, at a 1-minute load of 2-3 just after pausing the study's workers, read
 // 1.09-1.20x for k = 3 and put the two kernels level at 56x56: the quiet one decides.
 //
+// The op as shipped against the benchmark's eager baseline (BN folded once, outside the call), paired
+// (tools/ab_routes.py --routes auto,baseline, 60 rounds, 2 threads, EPYC AVX2, 2026-12-04 18:04 UTC, quiet): every
+// benchmark shape 0.99-2.27x, the NCHW k = 7 ones at 0.99x [0.98, 1.02] and [0.97, 1.01], as an A/A control reads
+// (0.98-0.99x); onednn_swish 1.03-1.10x the eager sequence at eight small NCHW shapes (4x4-28x28 planes), so no
+// size threshold.
+//
 // DNA_FAST_DWCONV=direct|onednn_swish|eager (read at each call) forces one route on every input the route can take
 // (the direct NCHW kernel exists for k = 3 only, the channels_last one for every k, onednn_swish where available),
 // for tests and A/B runs.
