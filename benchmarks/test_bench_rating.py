@@ -123,16 +123,22 @@ def gemm_roof(gemms: dict, batch: int, dtype=torch.float32, device="cpu", repeat
     return flops / seconds
 
 
-@pytest.mark.parametrize("threads", THREAD_COUNTS, ids=[f"{t}thr" for t in THREAD_COUNTS])
-@pytest.mark.parametrize("with_calib", [False, True], ids=["stored-bn", "calib"])
-def test_bench_rating_cpu_block1(benchmark, with_calib, threads):
+def cpu_block1(threads: int, with_calib: bool = False):
+    """The CPU benchmarks' case: block 1 of dna (BN statistics perturbed) on ``threads`` threads, one batch of 8
+    random 48x56x56 -> 80x28x28 pairs, and a calibration batch of 8 where asked: (supernet, pairs, calib or None)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     sn = Supernet(_space()).eval()
     _perturb(sn)
     g = torch.Generator().manual_seed(1)
     pairs = [(torch.randn(8, 48, 56, 56, generator=g), torch.randn(8, 80, 28, 28, generator=g))]
-    calib = [torch.randn(8, 48, 56, 56, generator=g)] if with_calib else None
+    return sn, pairs, [torch.randn(8, 48, 56, 56, generator=g)] if with_calib else None
+
+
+@pytest.mark.parametrize("threads", THREAD_COUNTS, ids=[f"{t}thr" for t in THREAD_COUNTS])
+@pytest.mark.parametrize("with_calib", [False, True], ids=["stored-bn", "calib"])
+def test_bench_rating_cpu_block1(benchmark, with_calib, threads):
+    sn, pairs, calib = cpu_block1(threads, with_calib)
     n = sn.space.num_candidates(1)
     k = n if FULL else (NAIVE_SAMPLE or n // 4)
     sample = np.sort(np.random.default_rng(0).choice(n, min(k, n), replace=False))
@@ -205,12 +211,7 @@ def test_bench_rating_cpu_bf16_block1(benchmark, threads):
     nothing about the goal (``forced`` in the figures)."""
     from scipy.stats import kendalltau
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    sn = Supernet(_space()).eval()
-    _perturb(sn)
-    g = torch.Generator().manual_seed(1)
-    pairs = [(torch.randn(8, 48, 56, 56, generator=g), torch.randn(8, 80, 28, 28, generator=g))]
+    sn, pairs, _ = cpu_block1(threads)
     n = sn.space.num_candidates(1)
     sample = np.sort(np.random.default_rng(0).choice(n, 16, replace=False))
     bf = torch.bfloat16
