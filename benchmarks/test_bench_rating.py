@@ -197,6 +197,7 @@ def _report_work(what: str, supernet, pairs, t_fast: float, t_naive: float, cali
 FORCE_CPU_BF16 = os.environ.get("DNA_BENCH_FORCE_CPU_BF16") == "1"
 
 
+@pytest.mark.host_bf16
 @pytest.mark.skipif(not (cpu_bf16_supported() or FORCE_CPU_BF16),
                     reason="needs AVX512-BF16 or AMX (DNA_BENCH_FORCE_CPU_BF16=1 runs it anyway, untimed in effect)")
 @pytest.mark.parametrize("threads", THREAD_COUNTS, ids=[f"{t}thr" for t in THREAD_COUNTS])

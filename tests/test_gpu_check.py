@@ -363,3 +363,13 @@ def test_rating_summary_reports_bf16_accuracy_and_rate_against_the_gemm_roof():
     md = "\n".join(check._rating_lines(s))
     assert "median 2e-05, max 0.0003" in md and "0.1 of a plain bf16 GEMM" in md and "ceiling 180x" in md
     assert check._rating_lines(None) == []
+
+
+def test_benchmarks_stage_selects_the_gpu_benchmarks_and_the_host_bf16_one():
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "benchmarks"), "--collect-only", "-q",
+                           "-m", check.BENCH_MARKERS, "-p", "no:cacheprovider"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    ids = [ln for ln in proc.stdout.splitlines() if "::" in ln]
+    assert any("test_bench_rating_gpu_block1" in i for i in ids)
+    assert any("test_bench_rating_cpu_bf16_block1" in i for i in ids)
+    assert not any("test_bench_rating_cpu_block1" in i for i in ids)  # the fp32 CPU benchmarks stay out

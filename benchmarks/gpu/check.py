@@ -56,6 +56,8 @@ TOTAL_BUDGET = 360.0
 TEST_TIMEOUT = 45.0  # one gpu test (--test-timeout)
 BENCH_TIMEOUT = 75.0  # one gpu benchmark (--bench-timeout)
 # The benchmarks behind the project's GPU claims run first (substrings of their test ids, in this order).
+# the benchmarks stage's selection: the GPU benchmarks, and the host CPU's bf16 rating benchmark
+BENCH_MARKERS = "gpu or host_bf16"
 BENCH_FIRST = ["rating_gpu_block1", "test_bench_rating_gpu", "dwconv_bandwidth", "mbconv_layer", "b7_224"]
 # pytest-benchmark's own timing loop, kept short: the figures come from the benchmarks' own event timers.
 BENCH_OPTS = ["--benchmark-only", "--benchmark-max-time=0.25", "--benchmark-min-rounds=3", "--benchmark-warmup=off"]
@@ -403,14 +405,16 @@ def stage_gpu_tests(ctx: Context, budget: Budget) -> list[Step]:
 
 def stage_benchmarks(ctx: Context, budget: Budget) -> list[Step]:
     bench_json = ctx.work / "pytest-benchmark.json"
-    args = [str(ctx.args.bench_dir), "-m", "gpu", "-s", *BENCH_OPTS, f"--benchmark-json={bench_json}"]
+    args = [str(ctx.args.bench_dir), "-m", BENCH_MARKERS, "-s", *BENCH_OPTS, f"--benchmark-json={bench_json}"]
     # a dry run sets DNA_GPU_CHECK_DRY_RUN: the rating benchmark then runs a small CPU stand-in of itself, so the
-    # rating summary below is exercised without a GPU
-    extra = {"DNA_GPU_CHECK_DRY_RUN": "1"} if ctx.dry else None
+    # rating summary below is exercised without a GPU. host_bf16: the host CPU's bf16 rating path against its fp32
+    # engine (issue 25), where the host has AVX512-BF16 or AMX (skipped otherwise); after the GPU benchmarks, on all
+    # cores only
+    extra = {"DNA_BENCH_THREAD_COUNTS": str(os.cpu_count() or 1), **({"DNA_GPU_CHECK_DRY_RUN": "1"} if ctx.dry else {})}
     r, steps, counts = run_pytest(ctx, "benchmarks", args, budget.left(), ctx.args.bench_timeout, first=BENCH_FIRST,
                                   extra_env=extra)
     shown = [a for a in args if not a.startswith("--benchmark-json")]
-    summary = _summary("pytest -m gpu --benchmark-only", r, counts, "pytest " + shlex.join(shown),
+    summary = _summary(f"pytest -m '{BENCH_MARKERS}' --benchmark-only", r, counts, "pytest " + shlex.join(shown),
                        need_pass=not ctx.dry)
     timings = {}
     if bench_json.exists():
